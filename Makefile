@@ -1,0 +1,35 @@
+# `make test` and `make bench` each set up their own virtual environment;
+# a stamp file reinstalls only when the package metadata changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_TEST := $(VENV)/.stamp-test
+STAMP_BENCH := $(VENV)/.stamp-bench
+PYTEST_ARGS ?=
+
+.PHONY: test soak bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP_TEST): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+$(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+test: $(STAMP_TEST)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -m "not slow" -q -p no:randomly tests/test_core.py $(PYTEST_ARGS)
+
+soak: $(STAMP_TEST)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+bench: $(STAMP_BENCH)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,37 @@
+"""hybrid_queue: one in-process priority task queue for coroutine and sync handlers.
+
+Async code awaits handles from ``await queue.submit(...)``; sync code, in any
+thread, calls ``queue.submit_blocking(...)`` and gets a
+``concurrent.futures.Future``. Both feed one priority heap.
+"""
+
+from ._errors import DuplicateTaskError as DuplicateTaskError
+from ._errors import QueueError as QueueError
+from ._errors import QueueFull as QueueFull
+from ._errors import QueueShutDown as QueueShutDown
+from ._errors import UnknownTaskError as UnknownTaskError
+from ._queue import HybridQueue as HybridQueue
+from ._retry import RetryPolicy as RetryPolicy
+from ._stats import QueueStats as QueueStats
+from ._task import TaskFuture as TaskFuture
+from ._task import TaskHandle as TaskHandle
+from ._task import TaskResult as TaskResult
+from ._task import TaskStatus as TaskStatus
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "DuplicateTaskError",
+    "HybridQueue",
+    "QueueError",
+    "QueueFull",
+    "QueueShutDown",
+    "QueueStats",
+    "RetryPolicy",
+    "TaskFuture",
+    "TaskHandle",
+    "TaskResult",
+    "TaskStatus",
+    "UnknownTaskError",
+    "__version__",
+)

@@ -1,0 +1,476 @@
+"""HybridQueue: the public face of the scheduler, its workers and its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import math
+import threading
+from collections.abc import Callable, Hashable
+from types import TracebackType
+from typing import Any
+
+from ._background import LoopThread
+from ._errors import QueueFull, QueueShutDown
+from ._retry import RetryPolicy, check_max_retries
+from ._scheduler import Scheduler
+from ._stats import QueueStats
+from ._store import ResultStore
+from ._task import Task, TaskFuture, TaskHandle, TaskResult, TaskStatus
+from ._workers import Runner
+
+__all__ = ["HybridQueue"]
+
+logger = logging.getLogger("hybrid_queue")
+
+# How long shutdown waits for cancelled coroutine handlers to unwind before
+# it gives up on them (a handler that swallows CancelledError and hangs).
+_UNWIND_GRACE = 5.0
+
+
+class HybridQueue:
+    """One priority queue for coroutine handlers and sync handlers.
+
+    ``workers`` handlers (of both kinds together) run at once. Higher
+    ``priority`` runs first; equal priorities run in submission order.
+    Coroutine functions run on the event loop; any other callable runs on
+    ``executor`` (a thread pool of ``workers`` threads owned by the queue
+    when none is given; an executor passed in is never shut down by the
+    queue). Failed attempts are retried by ``retry`` (a :class:`RetryPolicy`,
+    3 retries by default). Finished tasks leave a :class:`TaskResult` that
+    lives ``result_ttl`` seconds, at most ``max_results`` of them, oldest
+    evicted first. ``max_queue_size`` bounds the tasks waiting for a worker
+    (0: unbounded).
+
+    Construct it in any thread. Unless stated otherwise, ``async`` methods
+    must be awaited on the loop the queue runs on, and the other methods are
+    safe from any thread.
+    """
+
+    def __init__(
+        self,
+        workers: int = 4,
+        *,
+        max_queue_size: int = 0,
+        retry: RetryPolicy | None = None,
+        result_ttl: float = 300.0,
+        max_results: int = 10_000,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        _check_int("workers", workers, minimum=1)
+        _check_int("max_queue_size", max_queue_size, minimum=0)
+        _check_int("max_results", max_results, minimum=1)
+        if isinstance(result_ttl, bool) or not isinstance(result_ttl, (int, float)):
+            raise TypeError(f"result_ttl must be a number of seconds, got {result_ttl!r}")
+        if math.isnan(result_ttl) or result_ttl < 0:
+            raise ValueError(f"result_ttl must be >= 0 seconds (math.inf keeps results until evicted), got {result_ttl!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        if executor is not None and not isinstance(executor, concurrent.futures.Executor):
+            raise TypeError(f"executor must be a concurrent.futures.Executor or None, got {executor!r}")
+
+        self._policy = retry if retry is not None else RetryPolicy()
+        self._sched = Scheduler(
+            workers=workers,
+            max_queue_size=max_queue_size,
+            policy=self._policy,
+            store=ResultStore(float(result_ttl), max_results),
+        )
+        self._owns_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hybrid_queue")
+        self._runner = Runner(self._sched, self._executor)
+        # Lifecycle, changed only on the loop thread (or before any loop):
+        # "new" -> "running" -> "stopping" -> "stopped".
+        self._lifecycle = "new"
+        self._stopped: asyncio.Event | None = None
+        self._background: LoopThread | None = None
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return (
+            f"<HybridQueue {self._lifecycle} workers={s.workers} pending={s.pending} "
+            f"running={s.running} retrying={s.retrying}>"
+        )
+
+    @property
+    def workers(self) -> int:
+        """How many handlers may run at once."""
+        return self._sched.workers
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start running tasks on the current event loop; tasks already submitted start now.
+
+        Idempotent on the same loop. Raises RuntimeError on another loop, or
+        after shutdown (a queue does not restart; make a new one).
+        """
+        loop = asyncio.get_running_loop()
+        self._bind(loop)
+        if self._lifecycle == "running":
+            return
+        if self._lifecycle != "new":
+            raise RuntimeError("this HybridQueue was shut down and cannot restart; make a new HybridQueue")
+        self._lifecycle = "running"
+        self._stopped = asyncio.Event()
+        logger.debug("queue started with %d workers", self.workers)
+        self._sched.start()
+
+    async def shutdown(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> None:
+        """Stop accepting tasks, settle every outstanding one, and release all resources.
+
+        - ``wait=True``: tasks already submitted run to their end (retries
+          included); ``cancel_pending=True`` cancels those still waiting for a
+          worker or a retry, and lets only the running ones finish.
+        - ``timeout``: after this many seconds of waiting, whatever is left is
+          cancelled.
+        - ``wait=False``: everything unfinished is cancelled at once.
+
+        Every handle and future is resolved when this returns. A running sync
+        handler cannot be interrupted: a cancelled one is abandoned and its
+        thread finishes on its own. An owned executor is shut down; worker
+        coroutines and timers are cancelled and awaited. Stored results stay
+        readable. Idempotent: a second call applies its stronger options
+        (``cancel_pending``, ``wait=False``) and waits for the first to end.
+        """
+        timeout = _check_timeout("timeout", timeout)
+        loop = asyncio.get_running_loop()
+        self._bind(loop)
+        first = self._sched.stop_accepting()
+        if not wait or cancel_pending or self._lifecycle == "new":
+            # A queue that never started cannot drain: nothing would run.
+            self._cancel(TaskStatus.PENDING, TaskStatus.RETRY_WAIT)
+        if not wait:
+            self._cancel()
+        if not first:
+            if self._stopped is not None:
+                await self._stopped.wait()
+            return
+        if self._lifecycle == "new":
+            self._lifecycle = "stopped"
+            self._sched.close()
+            await self._shutdown_executor(wait)
+            return
+        self._lifecycle = "stopping"
+        logger.debug("queue shutting down (wait=%s, cancel_pending=%s, timeout=%s)", wait, cancel_pending, timeout)
+        try:
+            if wait:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._sched.wait_idle()
+                except TimeoutError:
+                    logger.debug("shutdown timeout of %s s reached; cancelling what is left", timeout)
+                    self._cancel()
+            if not await self._runner.close(_UNWIND_GRACE):
+                logger.warning("a coroutine handler ignored cancellation for %s s; abandoned it", _UNWIND_GRACE)
+            idle = self._sched.stats().busy_workers == 0
+            self._sched.close()
+            await self._shutdown_executor(wait and idle)
+        finally:
+            self._lifecycle = "stopped"
+            assert self._stopped is not None
+            self._stopped.set()
+            logger.debug("queue stopped")
+
+    def _cancel(self, *states: TaskStatus) -> None:
+        for task_id in self._sched.live_ids(*states):
+            self._sched.cancel(task_id)
+
+    async def _shutdown_executor(self, wait: bool) -> None:
+        if not self._owns_executor:
+            return
+        if not wait:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            return
+        # Joining the pool's threads blocks; do it off the loop so it never stalls.
+        loop = asyncio.get_running_loop()
+        joined = loop.create_future()
+
+        def join() -> None:
+            self._executor.shutdown(wait=True)
+            loop.call_soon_threadsafe(_resolve, joined)
+
+        threading.Thread(target=join, name="hybrid_queue-join", daemon=True).start()
+        await joined
+
+    async def __aenter__(self) -> HybridQueue:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # On an error, do not drain the backlog: cancel what waits, finish what runs.
+        await self.shutdown(wait=True, cancel_pending=exc_type is not None)
+
+    def start_background(self) -> None:
+        """Run the queue on an event loop of its own, in a daemon thread.
+
+        For sync programs. Call from any thread that is not running this
+        queue's loop; stop with ``shutdown_blocking``.
+        """
+        if self._lifecycle != "new" or self._sched.loop is not None:
+            raise RuntimeError(
+                "start_background() needs a queue that was never started or used from an event loop; "
+                "make a new HybridQueue"
+            )
+        background = LoopThread()
+        background.start()
+        try:
+            background.run(self.start())
+        except BaseException:
+            background.stop()
+            raise
+        self._background = background
+
+    def shutdown_blocking(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> None:
+        """``shutdown`` for sync code: block the calling thread until it is done.
+
+        Call from any thread but the queue's loop thread (there, ``await
+        shutdown()``). Stops the background loop of ``start_background``.
+        """
+        loop = self._sched.loop
+        if loop is None:
+            # Never bound to a loop: only submit_blocking tasks can be here; settle them on a loop of our own.
+            background = LoopThread()
+            background.start()
+            self._background = background
+            loop = background.loop
+        if threading.get_ident() == self._sched.loop_thread:
+            raise RuntimeError("shutdown_blocking() was called on the queue's event loop thread; use `await queue.shutdown()`")
+        try:
+            asyncio.run_coroutine_threadsafe(self.shutdown(wait, cancel_pending, timeout), loop).result()
+        finally:
+            if self._background is not None:
+                self._background.stop()
+                self._sched.set_loop_thread(None)
+
+    def __enter__(self) -> HybridQueue:
+        self.start_background()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.shutdown_blocking(wait=True, cancel_pending=exc_type is not None)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sched.bind(loop)
+        if self._sched.loop_thread is None:
+            self._sched.set_loop_thread(threading.get_ident())
+
+    # ---------------------------------------------------------------- submitting
+
+    async def submit(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: int = 0,
+        task_id: Hashable | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle[Any]:
+        """Queue ``fn(*args, **kwargs)`` and return its handle; waits for room in a full bounded queue.
+
+        ``priority``: higher runs first. ``task_id``: any hashable but ""
+        (default: a new int). ``max_retries``: overrides the policy's for this
+        task. ``timeout``: seconds allowed per attempt; an attempt that runs
+        longer fails with TimeoutError and is retried like any failure.
+
+        The four option names are keyword-only and taken by the queue; to
+        pass a keyword argument of the same name to the handler, bind it
+        first: ``submit(functools.partial(fn, priority=p))``.
+
+        Raises QueueShutDown once shutdown began, DuplicateTaskError for a
+        ``task_id`` in use, TypeError/ValueError for bad arguments. Loop thread.
+        """
+        task = self._task(fn, args, kwargs, priority, task_id, max_retries, timeout)
+        loop = self._loop_call("submit")
+        task.handle = TaskHandle(self, task.task_id, loop=loop)
+        while True:
+            try:
+                self._sched.add(task)
+            except QueueFull:
+                await self._sched.wait_for_room()
+            else:
+                return task.handle
+
+    def submit_nowait(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: int = 0,
+        task_id: Hashable | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle[Any]:
+        """As ``submit``, but raise QueueFull instead of waiting for room. Loop thread."""
+        task = self._task(fn, args, kwargs, priority, task_id, max_retries, timeout)
+        loop = self._loop_call("submit_nowait")
+        task.handle = TaskHandle(self, task.task_id, loop=loop)
+        self._sched.add(task)
+        return task.handle
+
+    def submit_blocking(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: int = 0,
+        task_id: Hashable | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskFuture[Any]:
+        """As ``submit``, for sync code: returns a ``concurrent.futures.Future``.
+
+        Blocks the calling thread while a bounded queue is full. Any thread
+        except the queue's loop thread, where blocking would deadlock (there,
+        use ``await submit()``); it may be called before the queue starts.
+        """
+        if threading.get_ident() == self._sched.loop_thread:
+            raise RuntimeError(
+                "submit_blocking() was called on the queue's event loop thread, where blocking "
+                "would deadlock; use `await queue.submit(...)` there"
+            )
+        task = self._task(fn, args, kwargs, priority, task_id, max_retries, timeout)
+        task.cfuture = future = TaskFuture(self)
+        self._sched.add(task, block=True)
+        future.task_id = task.task_id
+        return future
+
+    def _task(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        priority: int,
+        task_id: Hashable | None,
+        max_retries: int | None,
+        timeout: float | None,
+    ) -> Task:
+        # All argument checks, before anything changes.
+        if inspect.iscoroutine(fn):
+            raise TypeError(
+                "submit() got a coroutine object; pass the async function and its arguments "
+                "instead: submit(fetch, url), not submit(fetch(url))"
+            )
+        if not callable(fn):
+            raise TypeError(f"the handler must be callable, got {fn!r}")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
+        if task_id is not None:
+            try:
+                hash(task_id)
+            except TypeError:
+                raise TypeError(f"task_id must be hashable, got {task_id!r}") from None
+            if task_id == "":
+                raise ValueError("task_id must not be empty; pass a non-empty id, or None for a generated one")
+        if max_retries is None:
+            max_retries = self._policy.max_retries
+        else:
+            check_max_retries(max_retries)
+        return Task(
+            task_id,
+            fn,
+            args,
+            kwargs or None,
+            is_coro=_is_coroutine_function(fn),
+            priority=priority,
+            max_retries=max_retries,
+            timeout=_check_timeout("timeout", timeout, positive=True),
+        )
+
+    def _loop_call(self, method: str) -> asyncio.AbstractEventLoop:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                f"{method}() must be called from a coroutine on the queue's event loop; "
+                "from plain threads use submit_blocking()"
+            ) from None
+        self._bind(loop)
+        return loop
+
+    # ------------------------------------------------------------------ results
+
+    async def get_result(self, task_id: Hashable, timeout: float | None = None) -> TaskResult[Any]:
+        """Wait for the task to finish and return its result; no polling.
+
+        Raises TimeoutError after ``timeout`` seconds, and UnknownTaskError
+        (a KeyError) for an id never submitted or whose result was dropped.
+        Loop thread.
+        """
+        timeout = _check_timeout("timeout", timeout)
+        self._loop_call("get_result")
+        found = self._sched.result_or_waiter(task_id)
+        if isinstance(found, TaskResult):
+            return found
+        try:
+            async with asyncio.timeout(timeout):
+                return await found
+        except TimeoutError:
+            raise TimeoutError(f"task {task_id!r} did not finish within {timeout} s") from None
+        finally:
+            if not found.done():
+                self._sched.drop_waiter(task_id, found)
+                found.cancel()
+
+    def status(self, task_id: Hashable) -> TaskStatus:
+        """The task's status; UnknownTaskError if never submitted or its result is gone. Any thread."""
+        return self._sched.status(task_id)
+
+    def cancel_task(self, task_id: Hashable) -> bool:
+        """Cancel a task wherever it is; False if unknown or already finished. Any thread.
+
+        A pending or retry-waiting task leaves the queue at once. A running
+        coroutine handler is cancelled (CancelledError inside it). A running
+        sync handler cannot be interrupted: the task is CANCELLED and its
+        future cancelled at once, its worker slot stays busy until the
+        handler returns, and what it returns is discarded.
+        """
+        return self._sched.cancel(task_id)
+
+    def forget(self, task_id: Hashable) -> bool:
+        """Drop a stored result early; False if there was none. Any thread."""
+        return self._sched.forget(task_id)
+
+    def stats(self) -> QueueStats:
+        """A consistent snapshot of the counters. Any thread."""
+        return self._sched.stats()
+
+
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
+    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _check_timeout(name: str, value: object, *, positive: bool = False) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    if math.isnan(value) or value < 0 or (positive and value == 0):
+        rule = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be {rule} seconds or None, got {value!r}")
+    return float(value)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,611 @@
+"""The scheduler: all of a queue's mutable state, under one lock.
+
+Every state change of every task happens here, as one method that checks the
+state it starts from. Methods take the lock only for O(log n) bookkeeping and
+do the work that follows a change (resolving futures, arming timers, starting
+handlers) after releasing it: no user code, no await and no executor call ever
+runs under the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from itertools import count
+from typing import Any
+
+from ._bridge import LoopBridge
+from ._errors import DuplicateTaskError, QueueFull, QueueShutDown, UnknownTaskError
+from ._heap import PriorityHeap
+from ._retry import RetryPolicy
+from ._stats import QueueStats
+from ._store import ResultStore
+from ._task import Task, TaskResult, TaskStatus
+
+__all__ = ["Scheduler"]
+
+logger = logging.getLogger("hybrid_queue")
+
+PENDING = TaskStatus.PENDING
+RUNNING = TaskStatus.RUNNING
+RETRY_WAIT = TaskStatus.RETRY_WAIT
+COMPLETED = TaskStatus.COMPLETED
+FAILED = TaskStatus.FAILED
+CANCELLED = TaskStatus.CANCELLED
+
+Claimed = list[tuple[Task, int]]
+_NOTHING: Claimed = []
+
+
+class Scheduler:
+    """Owner of the heap, the live-task index, the result store and the counters.
+
+    Thread-safe: every public method may be called from any thread, except
+    those documented as loop-only.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int,
+        max_queue_size: int,
+        policy: RetryPolicy,
+        store: ResultStore,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.workers = workers
+        self.clock = clock
+        self.max_queue_size = max_queue_size
+        # Set by the queue before the first claim; called with no lock held.
+        self.launch: Callable[[Claimed], None] = _unbound_launch
+
+        # The one lock. Invariants, true whenever it is free:
+        # - a live task is in exactly one place: the heap (PENDING), a worker
+        #   slot (RUNNING) or a retry timer (RETRY_WAIT); _live maps the id of
+        #   every live task, and only live tasks, to its record;
+        # - submitted == len(_heap) + _running + _retrying + _completed
+        #   + _failed + _cancelled;
+        # - _free + (slots held by workers) == workers, where a slot is held
+        #   from the claim of a task until its holder reports back through
+        #   finish(), even if the task was cancelled or timed out meanwhile;
+        # - a terminal task is in no structure but the result store.
+        self.lock = threading.Lock()
+        self._heap: PriorityHeap[Task] = PriorityHeap()
+        self._live: dict[Hashable, Task] = {}
+        self._store = store
+        self._free = workers
+        self._started = False
+        self._accepting = True
+        self._auto_ids = count(1)
+        self._submitted = self._running = self._retrying = 0
+        self._completed = self._failed = self._cancelled = self._retries = 0
+        self._expired = self._evicted = 0
+        # Threads blocked in submit_blocking on a full queue wait here.
+        self._room = threading.Condition(self.lock)
+        self._thread_putters = 0
+        # Loop-side waiters (their futures live on the loop; only the counts
+        # and the "wake already posted" flags are shared).
+        self._loop_putters: list[asyncio.Future[None]] = []
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_armed = False
+
+        # Bound once, by bind(), before any claim; read-only afterwards.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: int | None = None
+        self._bridge: LoopBridge | None = None
+
+    # ------------------------------------------------------------------ loop
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the event loop that owns handles, timers and coroutine handlers."""
+        with self.lock:
+            if self.loop is None:
+                self.loop = loop
+                self._bridge = LoopBridge(loop)
+            elif self.loop is not loop:
+                raise RuntimeError(
+                    "this HybridQueue is bound to another event loop; "
+                    "use it only from the loop it was started on"
+                )
+
+    def set_loop_thread(self, ident: int | None) -> None:
+        """Record which thread runs the loop (None once it stopped)."""
+        self.loop_thread = ident
+
+    def on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop: now if this is the loop thread, else soon."""
+        if threading.get_ident() == self.loop_thread:
+            fn(*args)
+        elif self._bridge is not None:
+            self._bridge.post(fn, *args)
+
+    def _defer_locked(self, fn: Callable[..., Any], *args: Any) -> None:
+        # Under the lock, fn (which takes the lock) must not run inline even
+        # on the loop thread: queue it behind the current callback instead.
+        if threading.get_ident() == self.loop_thread:
+            assert self.loop is not None
+            self.loop.call_soon(fn, *args)
+        elif self._bridge is not None:
+            self._bridge.post(fn, *args)
+
+    # ------------------------------------------------------------- submitting
+
+    def add(self, task: Task, *, block: bool = False) -> None:
+        """Accept ``task`` into the heap, or raise without changing anything.
+
+        Raises QueueShutDown, DuplicateTaskError, or QueueFull (when the heap
+        is at ``max_queue_size`` and ``block`` is false; with ``block`` the
+        calling thread waits for room, so never pass it on the loop thread).
+        """
+        with self.lock:
+            while True:
+                self._check_accepting_locked()
+                task_id = task.task_id
+                if task_id is not None and (task_id in self._live or self._stored_locked(task_id)):
+                    raise DuplicateTaskError(
+                        f"task_id {task_id!r} is already in use by a live task or a stored "
+                        "result; pass a new task_id, or forget() the old result first"
+                    )
+                if not self.max_queue_size or len(self._heap) < self.max_queue_size:
+                    break
+                if not block:
+                    raise QueueFull(
+                        f"the queue holds its maximum of {self.max_queue_size} pending tasks; "
+                        "await submit() to wait for room, or raise max_queue_size"
+                    )
+                self._thread_putters += 1
+                try:
+                    self._room.wait()
+                finally:
+                    self._thread_putters -= 1
+            if task_id is None:
+                task_id = next(self._auto_ids)
+                while task_id in self._live or task_id in self._store:
+                    task_id = next(self._auto_ids)
+                task.task_id = task_id
+                if task.handle is not None:
+                    task.handle.task_id = task_id
+            task.ticket = self._heap.push(task.priority, task)
+            self._live[task_id] = task
+            self._submitted += 1
+            claimed = self._claim_locked() if self._free and self._started else _NOTHING
+        if claimed:
+            self.launch(claimed)
+
+    async def wait_for_room(self) -> None:
+        """Return once the heap is below its bound or the queue stopped accepting. Loop only."""
+        assert self.loop is not None
+        with self.lock:
+            if not self._accepting or len(self._heap) < self.max_queue_size:
+                return
+            waiter = self.loop.create_future()
+            self._loop_putters.append(waiter)
+        try:
+            await waiter
+        finally:
+            with self.lock:
+                if waiter in self._loop_putters:
+                    self._loop_putters.remove(waiter)
+
+    def _check_accepting_locked(self) -> None:
+        if not self._accepting:
+            raise QueueShutDown("the queue is shutting down and accepts no new tasks; submit to a new queue")
+
+    def _room_freed_locked(self, n: int) -> None:
+        if self._thread_putters:
+            self._room.notify(n)
+        if self._loop_putters:
+            self._defer_locked(self._wake_loop_putters)
+
+    def _wake_loop_putters(self) -> None:
+        with self.lock:
+            putters, self._loop_putters = self._loop_putters, []
+        for waiter in putters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --------------------------------------------------------------- claiming
+
+    def start(self) -> None:
+        """Begin dispatching: claim a slot for each waiting task, up to ``workers``."""
+        with self.lock:
+            self._started = True
+            claimed = self._claim_locked()
+            arm = self._arm_expiry_locked()
+        if arm:
+            self.on_loop(self._expire)
+        if claimed:
+            self.launch(claimed)
+
+    def _claim_locked(self) -> Claimed:
+        # Pops tasks into free slots. The caller launches what it returns.
+        if not self._started:
+            return _NOTHING
+        claimed: Claimed = []
+        heap = self._heap
+        while self._free and heap:
+            task = heap.pop()
+            self._free -= 1
+            claimed.append((task, self._begin_locked(task)))
+        if claimed and self.max_queue_size:
+            self._room_freed_locked(len(claimed))
+        return claimed
+
+    def _begin_locked(self, task: Task) -> int:
+        task.state = RUNNING
+        self._running += 1
+        task.attempt += 1
+        if task.attempt == 1:
+            task.started_at = self.clock()
+        return task.attempt
+
+    # ---------------------------------------------------------------- finishing
+
+    def finish(
+        self,
+        task: Task,
+        attempt: int,
+        ok: bool,
+        value: Any,
+        error: BaseException | None,
+        *,
+        retry: bool = True,
+    ) -> tuple[Task, int] | None:
+        """Report the end of ``attempt`` by the holder of its slot. Any thread.
+
+        Settles the task (completed, failed, or waiting for a retry) unless
+        the attempt was abandoned meanwhile (cancelled, timed out), in which
+        case the outcome is dropped. Then the slot goes to the next task in
+        the heap, which is returned for the caller to run or hand on, or is
+        freed when there is none.
+        """
+        now = self.clock()
+        result = None
+        delay = -1.0
+        timer = None
+        with self.lock:
+            if task.attempt == attempt and task.state is RUNNING:
+                self._running -= 1
+                timer, task.timer = task.timer, None
+                if ok:
+                    result = self._terminal_locked(task, COMPLETED, value, None, now)
+                else:
+                    assert error is not None
+                    delay = self._fail_locked(task, error, now) if retry else -1.0
+                    if delay < 0:
+                        result = self._terminal_locked(task, FAILED, None, error, now)
+            nxt = None
+            if self._started and self._heap:
+                nxt = self._heap.pop()
+                nxt_attempt = self._begin_locked(nxt)
+                if self.max_queue_size:
+                    self._room_freed_locked(1)
+            else:
+                self._free += 1
+                if self._idle_waiters and not self._live and self._free == self.workers:
+                    self._defer_locked(self._wake_idle)
+        if timer is not None:
+            self.on_loop(timer.cancel)
+        if result is not None:
+            self.deliver(task, result)
+        elif delay >= 0:
+            self.on_loop(self._arm_retry, task, attempt, delay)
+        return None if nxt is None else (nxt, nxt_attempt)
+
+    def arm_timeout(self, task: Task, attempt: int, callback: Callable[[Task, int], None]) -> None:
+        """Call ``callback(task, attempt)`` after ``task.timeout`` unless the attempt ends first. Loop only."""
+        assert self.loop is not None and task.timeout is not None
+        with self.lock:
+            if task.state is RUNNING and task.attempt == attempt:
+                task.timer = self.loop.call_later(task.timeout, callback, task, attempt)
+
+    def expire_attempt(self, task: Task, attempt: int, error: BaseException) -> None:
+        """Fail a running attempt that outlived its timeout, keeping its slot held.
+
+        The handler (a sync one that cannot be interrupted) keeps its slot
+        until it returns; its late outcome is then dropped by ``finish``.
+        """
+        now = self.clock()
+        result = None
+        delay = -1.0
+        with self.lock:
+            if task.attempt != attempt or task.state is not RUNNING:
+                return
+            task.timer = None
+            self._running -= 1
+            delay = self._fail_locked(task, error, now)
+            if delay < 0:
+                result = self._terminal_locked(task, FAILED, None, error, now)
+        if result is not None:
+            self.deliver(task, result)
+        else:
+            self.on_loop(self._arm_retry, task, attempt, delay)
+
+    def _fail_locked(self, task: Task, error: BaseException, now: float) -> float:
+        # Returns the retry delay, or -1.0 when the failure is final.
+        if task.retry_count >= task.max_retries or not self.policy.is_retryable(error):
+            return -1.0
+        delay = self.policy.get_delay(task.retry_count)
+        task.retry_count += 1
+        task.state = RETRY_WAIT
+        self._retrying += 1
+        self._retries += 1
+        logger.warning(
+            "task %r attempt %d failed with %r; retry %d of %d in %.3f s",
+            task.task_id,
+            task.attempt,
+            error,
+            task.retry_count,
+            task.max_retries,
+            delay,
+        )
+        return delay
+
+    def _arm_retry(self, task: Task, attempt: int, delay: float) -> None:
+        # Loop thread. The timer is set under the lock so cancel() sees it.
+        assert self.loop is not None
+        with self.lock:
+            if task.state is RETRY_WAIT and task.attempt == attempt:
+                task.timer = self.loop.call_later(delay, self._requeue, task)
+
+    def _requeue(self, task: Task) -> None:
+        # Loop thread: the retry delay is over.
+        with self.lock:
+            if task.state is not RETRY_WAIT:
+                return
+            task.timer = None
+            task.state = PENDING
+            self._retrying -= 1
+            task.ticket = self._heap.push(task.priority, task)
+            claimed = self._claim_locked() if self._free else _NOTHING
+        if claimed:
+            self.launch(claimed)
+
+    def _terminal_locked(
+        self, task: Task, status: TaskStatus, value: Any, error: BaseException | None, now: float
+    ) -> TaskResult[Any]:
+        task.state = status
+        if status is COMPLETED:
+            self._completed += 1
+        elif status is FAILED:
+            self._failed += 1
+        else:
+            self._cancelled += 1
+        del self._live[task.task_id]
+        duration = (now - task.started_at) * 1000.0 if task.attempt else 0.0
+        result: TaskResult[Any] = TaskResult(task.task_id, status, value, error, task.retry_count, duration)
+        task.result = result
+        task.release_call()
+        self._evicted += self._store.add(result, now)
+        if self._arm_expiry_locked():
+            self._defer_locked(self._expire)
+        return result
+
+    def deliver(self, task: Task, result: TaskResult[Any]) -> None:
+        """Hand a terminal result to whoever waits for it. No lock held; any thread."""
+        status = result.status
+        if status is FAILED:
+            logger.warning("task %r failed after %d attempt(s): %r", task.task_id, task.attempt, result.error)
+        cfuture = task.cfuture
+        if cfuture is not None:
+            _settle_cfuture(cfuture, result)
+        if task.handle is not None or task.waiters is not None:
+            self.on_loop(self._settle_on_loop, task, result)
+
+    def _settle_on_loop(self, task: Task, result: TaskResult[Any]) -> None:
+        if task.handle is not None:
+            task.handle._settle(result)
+        with self.lock:
+            waiters, task.waiters = task.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(result)
+
+    # -------------------------------------------------------------- cancelling
+
+    def cancel(self, task_id: Hashable) -> bool:
+        """Cancel a live task wherever it is; False if unknown or already finished."""
+        now = self.clock()
+        with self.lock:
+            task = self._live.get(task_id)
+            if task is None:
+                return False
+            state = task.state
+            timer = None
+            if state is PENDING:
+                self._heap.remove(task.ticket)
+                if self.max_queue_size:
+                    self._room_freed_locked(1)
+            elif state is RETRY_WAIT:
+                self._retrying -= 1
+            else:
+                self._running -= 1
+            # A retry timer, or the timeout of a running sync attempt.
+            timer, task.timer = task.timer, None
+            attempt = task.attempt
+            result = self._terminal_locked(task, CANCELLED, None, asyncio.CancelledError(), now)
+            if self._idle_waiters and not self._live and self._free == self.workers:
+                self._defer_locked(self._wake_idle)
+        if timer is not None:
+            self.on_loop(timer.cancel)
+        if state is RUNNING:
+            self.on_loop(self._interrupt, task, attempt)
+        self.deliver(task, result)
+        return True
+
+    def _interrupt(self, task: Task, attempt: int) -> None:
+        # Loop thread. ``runner`` is set and cleared only on this thread, by
+        # the worker around its await of the handler, so it is current here.
+        runner = task.runner
+        if runner is not None and task.attempt == attempt:
+            # Cleared first: the worker reads ``runner is None`` as "this
+            # CancelledError is the queue's, not the loop's".
+            task.runner = None
+            runner.cancel()
+
+    def live_ids(self, *states: TaskStatus) -> list[Hashable]:
+        """Ids of live tasks in any of ``states`` (all live tasks if none given)."""
+        with self.lock:
+            return [tid for tid, t in self._live.items() if not states or t.state in states]
+
+    # ------------------------------------------------------------- shutting down
+
+    def stop_accepting(self) -> bool:
+        """Refuse further submits and wake every blocked submitter; False if already stopped."""
+        with self.lock:
+            if not self._accepting:
+                return False
+            self._accepting = False
+            self._room.notify_all()
+            if self._loop_putters:
+                self._defer_locked(self._wake_loop_putters)
+            return True
+
+    async def wait_idle(self) -> None:
+        """Return once no task is live and every slot is free. Loop only."""
+        assert self.loop is not None
+        with self.lock:
+            if not self._live and self._free == self.workers:
+                return
+            waiter = self.loop.create_future()
+            self._idle_waiters.append(waiter)
+        await waiter
+
+    def _wake_idle(self) -> None:
+        with self.lock:
+            if self._live or self._free != self.workers:
+                return
+            waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def close(self) -> None:
+        """Stop the expiry timer. Loop only; the stored results stay readable."""
+        with self.lock:
+            timer, self._expiry_timer = self._expiry_timer, None
+            self._expiry_armed = False
+            # Stop the timer chain: _expire re-arms only while _started is true.
+            self._started = False
+            idle = self._idle_waiters
+            self._idle_waiters = []
+        if timer is not None:
+            timer.cancel()
+        for waiter in idle:
+            waiter.cancel()
+
+    # ------------------------------------------------------------------ results
+
+    def _stored_locked(self, task_id: Hashable) -> bool:
+        return self._store.get(task_id, self.clock()) is not None
+
+    def _arm_expiry_locked(self) -> bool:
+        # True when the caller must run _expire on the loop to start the chain.
+        if self._expiry_armed or not self._started or not len(self._store):
+            return False
+        self._expiry_armed = True
+        return True
+
+    def _expire(self) -> None:
+        # Loop thread: drop what is due and sleep until the next result is.
+        loop = self.loop
+        assert loop is not None
+        with self.lock:
+            now = self.clock()
+            self._expired += self._store.expire(now)
+            due = self._store.next_expiry()
+            if due is None or not self._started:
+                self._expiry_armed = False
+                self._expiry_timer = None
+                return
+            self._expiry_timer = loop.call_later(max(due - now, 0.0), self._expire)
+
+    def status(self, task_id: Hashable) -> TaskStatus:
+        """The task's current status; raises UnknownTaskError if not known."""
+        with self.lock:
+            task = self._live.get(task_id)
+            if task is not None:
+                return task.state
+            result = self._store.get(task_id, self.clock())
+        if result is None:
+            raise _unknown(task_id)
+        return result.status
+
+    def result_or_waiter(self, task_id: Hashable) -> TaskResult[Any] | asyncio.Future[TaskResult[Any]]:
+        """The stored result, or a loop future that the result will resolve. Loop only."""
+        assert self.loop is not None
+        with self.lock:
+            task = self._live.get(task_id)
+            if task is None:
+                result = self._store.get(task_id, self.clock())
+                if result is None:
+                    raise _unknown(task_id)
+                return result
+            waiter: asyncio.Future[TaskResult[Any]] = self.loop.create_future()
+            if task.waiters is None:
+                task.waiters = []
+            task.waiters.append(waiter)
+            return waiter
+
+    def drop_waiter(self, task_id: Hashable, waiter: asyncio.Future[Any]) -> None:
+        """Forget a get_result waiter that gave up (timeout or cancellation)."""
+        with self.lock:
+            task = self._live.get(task_id)
+            if task is not None and task.waiters and waiter in task.waiters:
+                task.waiters.remove(waiter)
+
+    def forget(self, task_id: Hashable) -> bool:
+        """Drop a stored result; False if there was none."""
+        with self.lock:
+            return self._store.discard(task_id)
+
+    def stats(self) -> QueueStats:
+        """A snapshot of every counter, taken atomically."""
+        with self.lock:
+            return QueueStats(
+                submitted=self._submitted,
+                pending=len(self._heap),
+                running=self._running,
+                retrying=self._retrying,
+                completed=self._completed,
+                failed=self._failed,
+                cancelled=self._cancelled,
+                retries=self._retries,
+                workers=self.workers,
+                busy_workers=self.workers - self._free,
+                results_stored=len(self._store),
+                results_expired=self._expired,
+                results_evicted=self._evicted,
+            )
+
+
+def _settle_cfuture(cfuture: concurrent.futures.Future[Any], result: TaskResult[Any]) -> None:
+    # The caller may cancel its future at any moment from any thread, so
+    # "not cancelled, then set" is a race; InvalidStateError is its loser.
+    try:
+        if result.status is COMPLETED:
+            cfuture.set_result(result.result)
+        elif result.status is FAILED:
+            assert result.error is not None
+            cfuture.set_exception(result.error)
+        else:
+            cfuture.cancel()
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def _unknown(task_id: Hashable) -> UnknownTaskError:
+    return UnknownTaskError(
+        f"no task with id {task_id!r}: it was never submitted, or its result expired or "
+        "was evicted (raise result_ttl or max_results to keep results longer)"
+    )
+
+
+def _unbound_launch(claimed: Claimed) -> None:
+    raise AssertionError("Scheduler.launch was not set before tasks were claimed")

@@ -1,0 +1,54 @@
+"""The statistics snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["QueueStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A consistent snapshot of a queue's counters, taken under its lock.
+
+    Every snapshot satisfies ``submitted == pending + running + retrying +
+    completed + failed + cancelled``.
+
+    - ``submitted``: tasks accepted since the queue was made.
+    - ``pending``: tasks waiting in the heap for a worker (``queue_size`` is the same number).
+    - ``running``: tasks whose handler is running now.
+    - ``retrying``: tasks waiting out a retry delay; they hold no worker.
+    - ``completed``, ``failed``, ``cancelled``: tasks that ended that way.
+    - ``retries``: retry attempts scheduled, over all tasks.
+    - ``workers``: how many handlers may run at once.
+    - ``busy_workers``: worker slots in use. It can exceed ``running`` while
+      an abandoned sync handler (cancelled or timed out) is still returning.
+    - ``results_stored``: results in the result store now.
+    - ``results_expired``, ``results_evicted``: results dropped by their ttl,
+      and by the ``max_results`` bound.
+    """
+
+    submitted: int
+    pending: int
+    running: int
+    retrying: int
+    completed: int
+    failed: int
+    cancelled: int
+    retries: int
+    workers: int
+    busy_workers: int
+    results_stored: int
+    results_expired: int
+    results_evicted: int
+
+    @property
+    def queue_size(self) -> int:
+        """Tasks waiting for a worker; the same as ``pending``."""
+        return self.pending
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict, ``queue_size`` included."""
+        d = asdict(self)
+        d["queue_size"] = self.pending
+        return d

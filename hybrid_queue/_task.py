@@ -1,0 +1,229 @@
+"""A task's record, its states, the handle async callers await, and its final result."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import traceback as _traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from ._queue import HybridQueue
+
+__all__ = ["TaskFuture", "TaskHandle", "TaskResult", "TaskStatus"]
+
+T = TypeVar("T")
+
+
+class TaskStatus(enum.Enum):
+    """Where a task is in its life.
+
+    ``PENDING -> RUNNING -> COMPLETED | FAILED | CANCELLED``, with
+    ``RUNNING -> RETRY_WAIT -> PENDING`` for each retry, and ``CANCELLED``
+    reachable from every state that is not terminal. A terminal state never
+    changes again.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRY_WAIT = "retry_wait"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for COMPLETED, FAILED and CANCELLED."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult(Generic[T]):
+    """The outcome of a finished task, as kept in the result store.
+
+    ``error`` is the final exception object (its ``__traceback__`` intact),
+    ``None`` on success; for a cancelled task it is a ``CancelledError``.
+    ``traceback`` formats the failure on demand. ``retry_count`` is the number of retries made (attempts minus
+    one). ``duration_ms`` runs from the first attempt's start to the end; it
+    is 0.0 for a task cancelled before it ever ran.
+    """
+
+    task_id: Any
+    status: TaskStatus
+    result: T | None = None
+    error: BaseException | None = None
+    retry_count: int = 0
+    duration_ms: float = 0.0
+
+    @property
+    def traceback(self) -> str | None:
+        """The failure's formatted traceback, or None when the task did not fail."""
+        if self.status is not TaskStatus.FAILED or self.error is None:
+            return None
+        return "".join(_traceback.format_exception(self.error))
+
+    @property
+    def success(self) -> bool:
+        """True when the handler returned a value (status COMPLETED)."""
+        return self.status is TaskStatus.COMPLETED
+
+
+class TaskHandle(asyncio.Future[T]):
+    """What ``await queue.submit(...)`` returns: an ``asyncio.Future`` of the handler's value.
+
+    ``await handle`` returns the handler's value, raises its final exception,
+    or raises ``CancelledError`` if the task was cancelled. Because it is a
+    real future, ``asyncio.gather``, ``asyncio.wait`` and ``asyncio.wait_for``
+    take it as it is. ``cancel()`` cancels the task in the queue, wherever it
+    is (see ``HybridQueue.cancel_task``).
+
+    Loop thread only, like every asyncio future.
+    """
+
+    # A handle whose exception nobody retrieves must stay quiet: the failure is
+    # already in the result store and the log.
+    __slots__ = ("_queue_ref", "task_id")
+
+    def __init__(self, queue: HybridQueue, task_id: Any, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.task_id = task_id
+        self._queue_ref = queue
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """Cancel the task; True if it was still unfinished.
+
+        A pending or retry-waiting task leaves the queue at once; a running
+        coroutine handler is cancelled; a running sync handler is abandoned
+        (its thread finishes, its result is discarded).
+        """
+        if self.done():
+            return False
+        return self._queue_ref.cancel_task(self.task_id)
+
+    def _settle(self, result: TaskResult[T]) -> None:
+        # Called on the loop thread once the task is terminal.
+        if self.done():
+            return
+        if result.status is TaskStatus.COMPLETED:
+            self.set_result(result.result)  # type: ignore[arg-type]
+        elif result.status is TaskStatus.CANCELLED:
+            asyncio.Future.cancel(self)
+        else:
+            assert result.error is not None
+            self.set_exception(result.error)
+            # Retrieved or not, the failure is recorded elsewhere; no GC warning.
+            self._log_traceback = False
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle task_id={self.task_id!r} {self._state.lower()}>"
+
+
+class TaskFuture(concurrent.futures.Future[T]):
+    """What ``queue.submit_blocking(...)`` returns: a ``concurrent.futures.Future``.
+
+    ``result()`` returns the handler's value or raises its final exception;
+    ``task_id`` names the task in the queue. ``cancel()`` cancels the task in
+    the queue wherever it is, and a future that ends cancelled is seen as done
+    by ``concurrent.futures.wait`` and ``as_completed``.
+
+    Safe from any thread.
+    """
+
+    def __init__(self, queue: HybridQueue) -> None:
+        super().__init__()
+        self.task_id: Any = None
+        self._queue_ref = queue
+
+    def cancel(self) -> bool:
+        """Cancel the task; True if the future is (now) cancelled, False if it had finished."""
+        if not self.done():
+            self._queue_ref.cancel_task(self.task_id)
+        cancelled = super().cancel()
+        if cancelled:
+            # A plain cancel() leaves the state CANCELLED, which wait() and
+            # as_completed() do not count as done: executors move it on when
+            # the work item is dequeued. No work item will, so move it here,
+            # under the future's own (reentrant) lock, exactly once.
+            with self._condition:
+                if self._state == concurrent.futures._base.CANCELLED:
+                    self.set_running_or_notify_cancel()
+        return cancelled
+
+
+class Task:
+    """The scheduler's record of one submitted task. Private.
+
+    Fields are read and written only under the scheduler's lock, except the
+    immutable ones (``task_id``, ``fn``, ``is_coro``, ``timeout``) and those
+    owned by whoever holds the task's worker slot.
+    """
+
+    __slots__ = (
+        "args",
+        "attempt",
+        "cfuture",
+        "fn",
+        "handle",
+        "is_coro",
+        "kwargs",
+        "max_retries",
+        "priority",
+        "result",
+        "retry_count",
+        "runner",
+        "started_at",
+        "state",
+        "task_id",
+        "ticket",
+        "timeout",
+        "timer",
+        "waiters",
+    )
+
+    def __init__(
+        self,
+        task_id: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        *,
+        is_coro: bool,
+        priority: int,
+        max_retries: int,
+        timeout: float | None,
+    ) -> None:
+        self.task_id = task_id
+        self.fn: Callable[..., Any] | None = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.is_coro = is_coro
+        self.priority = priority
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.state = TaskStatus.PENDING
+        self.retry_count = 0
+        # Bumped at each start; a late completion of an abandoned attempt (a
+        # timed-out or cancelled sync handler) carries an old number and is dropped.
+        self.attempt = 0
+        self.ticket = -1
+        self.started_at = 0.0
+        self.handle: TaskHandle[Any] | None = None
+        self.cfuture: TaskFuture[Any] | None = None
+        self.waiters: list[asyncio.Future[TaskResult[Any]]] | None = None
+        # The asyncio task awaiting a coroutine handler, or the executor's
+        # future of a sync one; set by the slot holder, used to interrupt it.
+        self.runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.result: TaskResult[Any] | None = None
+
+    def release_call(self) -> None:
+        """Drop the handler and its arguments once the task is terminal."""
+        self.fn = None
+        self.args = ()
+        self.kwargs = None

@@ -1,0 +1,253 @@
+"""Running handlers: worker coroutines on the loop, and sync handlers on an executor.
+
+A worker slot, once claimed from the scheduler, moves with the work:
+
+- a worker coroutine on the loop awaits coroutine handlers directly, one
+  after another, for as long as the heap hands it coroutine tasks;
+- with a thread pool, the executor thread that ran a sync handler asks the
+  scheduler for the next task itself and runs it too if it is sync, so a
+  stream of sync tasks never crosses to the loop at all;
+- with any other executor (processes, a cluster), the handler is submitted
+  as it is, and the executor's completion callback reports back;
+- a task of the other kind is handed across with the slot still claimed.
+
+Only completions that something on the loop waits for (a handle, a
+``get_result``) cross to the loop, and those cross in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import threading
+from collections import deque
+from typing import Any
+
+from ._scheduler import Claimed, Scheduler
+from ._task import Task, TaskStatus
+
+__all__ = ["Runner"]
+
+RUNNING = TaskStatus.RUNNING
+
+
+class _Abandoned(Exception):
+    """Placeholder outcome of an attempt that was cancelled or timed out before it started."""
+
+
+_ABANDONED = _Abandoned()
+
+
+class Runner:
+    """Starts claimed tasks and runs them to the end of each attempt."""
+
+    def __init__(self, scheduler: Scheduler, executor: concurrent.futures.Executor) -> None:
+        self._sched = scheduler
+        self._executor = executor
+        # Thread pools run a chain of sync tasks in one submitted call; other
+        # executors get the handler itself, which may have to be pickled.
+        self._inline = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+        # Loop thread only: parked workers (each waits on its future for a
+        # claimed task, or None to exit) and every worker task alive.
+        self._parked: deque[asyncio.Future[tuple[Task, int] | None]] = deque()
+        self._workers: set[asyncio.Task[None]] = set()
+        # Per-thread queue of starts, so that an executor which completes a
+        # future inside submit() cannot recurse once per task.
+        self._local = threading.local()
+        scheduler.launch = self.launch
+
+    # ------------------------------------------------------------------ starting
+
+    def launch(self, claimed: Claimed) -> None:
+        """Start each claimed task on its side. Any thread; no lock held."""
+        for task, attempt in claimed:
+            self._start(task, attempt)
+
+    def _start(self, task: Task, attempt: int) -> None:
+        if task.is_coro:
+            self._sched.on_loop(self._start_coro, task, attempt)
+            return
+        pending: deque[tuple[Task, int]] | None = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.append((task, attempt))
+            return
+        self._local.pending = pending = deque([(task, attempt)])
+        try:
+            while pending:
+                task, attempt = pending.popleft()
+                claim = self._submit_sync(task, attempt)
+                if claim is not None:
+                    if claim[0].is_coro:
+                        self._sched.on_loop(self._start_coro, *claim)
+                    else:
+                        pending.append(claim)
+        finally:
+            self._local.pending = None
+
+    def _submit_sync(self, task: Task, attempt: int) -> tuple[Task, int] | None:
+        # Returns the next claim when the executor refuses the task.
+        if task.timeout is not None:
+            self._sched.on_loop(self._sched.arm_timeout, task, attempt, self._timed_out)
+        try:
+            if self._inline:
+                self._executor.submit(self._sync_chain, task, attempt)
+                return None
+            fn, args, kwargs = task.fn, task.args, task.kwargs
+            if fn is None or task.state is not RUNNING or task.attempt != attempt:
+                return self._sched.finish(task, attempt, False, None, _ABANDONED)
+            future = self._executor.submit(fn, *args, **(kwargs or {}))
+        except RuntimeError as exc:
+            error = RuntimeError(
+                f"the executor refused task {task.task_id!r} ({exc}); "
+                "do not shut down an executor while a HybridQueue still uses it"
+            )
+            return self._sched.finish(task, attempt, False, None, error, retry=False)
+        task.runner = future
+        future.add_done_callback(lambda f: self._foreign_done(task, attempt, f))
+        return None
+
+    def _timed_out(self, task: Task, attempt: int) -> None:
+        # Loop thread: a sync attempt outlived its timeout.
+        self._sched.expire_attempt(
+            task,
+            attempt,
+            TimeoutError(
+                f"task {task.task_id!r} attempt {attempt} exceeded its timeout of {task.timeout} s "
+                "(the sync handler could not be interrupted; its late result is discarded)"
+            ),
+        )
+
+    # ------------------------------------------------------------- sync handlers
+
+    def _sync_chain(self, task: Task, attempt: int) -> None:
+        # Executor thread: run sync tasks while the heap hands us sync tasks.
+        sched = self._sched
+        claim: tuple[Task, int] | None = (task, attempt)
+        while claim is not None:
+            task, attempt = claim
+            if task.is_coro:
+                self._start(task, attempt)
+                return
+            ok, value, error = _call_sync(task, attempt)
+            claim = sched.finish(task, attempt, ok, value, error)
+            if claim is not None and not claim[0].is_coro and claim[0].timeout is not None:
+                sched.on_loop(sched.arm_timeout, claim[0], claim[1], self._timed_out)
+
+    def _foreign_done(self, task: Task, attempt: int, future: concurrent.futures.Future[Any]) -> None:
+        # Whatever thread the executor completes futures on.
+        task.runner = None
+        if future.cancelled():
+            ok, value, error = False, None, concurrent.futures.CancelledError()
+        else:
+            error = future.exception()
+            ok, value = error is None, None if error is not None else future.result()
+        claim = self._sched.finish(task, attempt, ok, value, error)
+        if claim is not None:
+            self._start(*claim)
+
+    # -------------------------------------------------------- coroutine handlers
+
+    def _start_coro(self, task: Task, attempt: int) -> None:
+        # Loop thread: give the claim to a parked worker, or make a worker.
+        parked = self._parked
+        while parked:
+            waiter = parked.popleft()
+            if not waiter.done():
+                waiter.set_result((task, attempt))
+                return
+        assert self._sched.loop is not None
+        worker = self._sched.loop.create_task(self._work((task, attempt)), name="hybrid_queue-worker")
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+
+    async def _work(self, claim: tuple[Task, int] | None) -> None:
+        # Loop thread. A worker holds a slot while it has a claim.
+        me = asyncio.current_task()
+        assert me is not None and self._sched.loop is not None
+        while claim is not None:
+            task, attempt = claim
+            if task.is_coro:
+                claim = await self._run_coro(me, task, attempt)
+                continue
+            self._start(task, attempt)  # the slot goes with the sync task
+            waiter: asyncio.Future[tuple[Task, int] | None] = self._sched.loop.create_future()
+            self._parked.append(waiter)
+            claim = await waiter
+
+    async def _run_coro(self, me: asyncio.Task[None], task: Task, attempt: int) -> tuple[Task, int] | None:
+        fn, args, kwargs = task.fn, task.args, task.kwargs
+        # Unlocked read: cancel() sets the state under the lock before it
+        # posts _interrupt to this thread. If we see RUNNING, the interrupt
+        # (if any) runs after we set ``runner`` below, and cancels the
+        # handler; if not, the handler never starts.
+        if fn is None or task.state is not RUNNING or task.attempt != attempt:
+            return self._sched.finish(task, attempt, False, None, _ABANDONED)
+        ok = False
+        value = error = None
+        task.runner = me
+        try:
+            if task.timeout is None:
+                value = await (fn(*args, **kwargs) if kwargs else fn(*args))
+            else:
+                async with asyncio.timeout(task.timeout):
+                    value = await (fn(*args, **kwargs) if kwargs else fn(*args))
+            ok = True
+        except asyncio.CancelledError as exc:
+            if task.runner is me:
+                # Not our interrupt: the worker itself is being cancelled
+                # (the loop is closing). Settle the task and let it end.
+                task.runner = None
+                self._sched.cancel(task.task_id)
+                claim = self._sched.finish(task, attempt, False, None, exc)
+                if claim is not None:
+                    self.launch([claim])
+                raise
+            error = exc
+        except BaseException as exc:  # a worker survives whatever the handler raises
+            error = exc
+        interrupted = task.runner is None
+        task.runner = None
+        if interrupted:
+            # _interrupt cleared ``runner`` and cancelled us once: take that
+            # request back so the next handler starts with a clean slate.
+            me.uncancel()
+        return self._sched.finish(task, attempt, ok, value, error)
+
+    # ---------------------------------------------------------------- shutdown
+
+    async def close(self, grace: float | None) -> bool:
+        """End every worker coroutine; True if all ended within ``grace`` seconds. Loop only."""
+        while self._parked:
+            waiter = self._parked.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+        if not self._workers:
+            return True
+        _, stuck = await asyncio.wait(set(self._workers), timeout=grace)
+        for worker in stuck:
+            worker.cancel()
+        return not stuck
+
+
+def _call_sync(task: Task, attempt: int) -> tuple[bool, Any, BaseException | None]:
+    fn, args, kwargs = task.fn, task.args, task.kwargs
+    # Unlocked read, as in Runner._run_coro: a task cancelled before this
+    # point never starts; one cancelled after it is abandoned to finish.
+    if fn is None or task.state is not RUNNING or task.attempt != attempt:
+        return False, None, _ABANDONED
+    try:
+        value = fn(*args, **kwargs) if kwargs else fn(*args)
+    except BaseException as exc:  # recorded as the attempt's failure, like concurrent.futures
+        return False, None, exc
+    if inspect.iscoroutine(value):
+        value.close()
+        return (
+            False,
+            None,
+            TypeError(
+                f"the sync handler of task {task.task_id!r} returned a coroutine; "
+                "submit the async function itself so it runs on the event loop"
+            ),
+        )
+    return True, value, None
