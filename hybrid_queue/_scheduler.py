@@ -38,6 +38,7 @@ FAILED = TaskStatus.FAILED
 CANCELLED = TaskStatus.CANCELLED
 
 Claimed = list[tuple[Task, int]]
+_CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _NOTHING: Claimed = []
 
 
@@ -275,6 +276,9 @@ class Scheduler:
                 timer, task.timer = task.timer, None
                 if ok:
                     result = self._terminal_locked(task, COMPLETED, value, None, now)
+                elif isinstance(error, _CANCELLED_ERRORS):
+                    # The handler (or its executor) reported cancellation itself.
+                    result = self._terminal_locked(task, CANCELLED, None, error, now)
                 else:
                     assert error is not None
                     delay = self._fail_locked(task, error, now) if retry else -1.0
@@ -378,6 +382,10 @@ class Scheduler:
         else:
             self._cancelled += 1
         del self._live[task.task_id]
+        if not self._live:
+            # A dict never shrinks its table; an empty one is free to replace,
+            # so a burst of tasks leaves no memory behind once it is over.
+            self._live = {}
         duration = (now - task.started_at) * 1000.0 if task.attempt else 0.0
         result: TaskResult[Any] = TaskResult(task.task_id, status, value, error, task.retry_count, duration)
         task.result = result

@@ -70,6 +70,9 @@ class ResultStore:
                 break
             del entries[task_id]
             expired += 1
+        if expired and not entries:
+            # Give back the table a large burst grew (dicts never shrink).
+            self._entries = OrderedDict()
         return expired
 
     def next_expiry(self) -> float | None:

@@ -194,7 +194,7 @@ class Runner:
                     value = await (fn(*args, **kwargs) if kwargs else fn(*args))
             ok = True
         except asyncio.CancelledError as exc:
-            if task.runner is me:
+            if task.runner is me and me.cancelling():
                 # Not our interrupt: the worker itself is being cancelled
                 # (the loop is closing). Settle the task and let it end.
                 task.runner = None
@@ -203,7 +203,7 @@ class Runner:
                 if claim is not None:
                     self.launch([claim])
                 raise
-            error = exc
+            error = exc  # our interrupt, or the handler's own CancelledError
         except BaseException as exc:  # a worker survives whatever the handler raises
             error = exc
         interrupted = task.runner is None

@@ -1,0 +1,53 @@
+"""Shared fixtures: queues that always shut down, and a leak check on every test."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hybrid_queue import HybridQueue
+
+
+def _queue_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("hybrid_queue")}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail the test that leaves a queue thread (pool, loop, joiner) running."""
+    before = _queue_threads()
+    yield
+    # Threads of a pool shut down with wait=False exit on their own, promptly.
+    deadline = time.monotonic() + 5.0
+    leaked = _queue_threads() - before
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.01)
+        leaked = {t for t in leaked if t.is_alive()}
+    assert not leaked, f"threads left running: {sorted(t.name for t in leaked)}"
+
+
+@pytest.fixture
+async def make_queue() -> AsyncIterator[Callable[..., Any]]:
+    """Factory of started queues; each is shut down (pending work cancelled) at teardown.
+
+    Also checks that the test left no asyncio task of the queue behind.
+    """
+    made: list[HybridQueue] = []
+
+    async def make(*args: Any, start: bool = True, **kwargs: Any) -> HybridQueue:
+        q = HybridQueue(*args, **kwargs)
+        made.append(q)
+        if start:
+            await q.start()
+        return q
+
+    yield make
+    for q in made:
+        await q.shutdown(wait=False)
+    leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("hybrid_queue")]
+    assert not leftover, f"queue tasks left behind: {leftover}"
