@@ -81,6 +81,9 @@ class HybridQueue:
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hybrid_queue")
         self._runner = Runner(self._sched, self._executor)
+        # The last handler submitted and whether it is a coroutine function.
+        self._last_fn: Callable[..., Any] | None = None
+        self._last_is_coro = False
         # Lifecycle, changed only on the loop thread (or before any loop):
         # "new" -> "running" -> "stopping" -> "stopped".
         self._lifecycle = "new"
@@ -355,15 +358,22 @@ class HybridQueue:
         max_retries: int | None,
         timeout: float | None,
     ) -> Task:
-        # All argument checks, before anything changes.
-        if inspect.iscoroutine(fn):
-            raise TypeError(
-                "submit() got a coroutine object; pass the async function and its arguments "
-                "instead: submit(fetch, url), not submit(fetch(url))"
-            )
-        if not callable(fn):
-            raise TypeError(f"the handler must be callable, got {fn!r}")
-        if isinstance(priority, bool) or not isinstance(priority, int):
+        # All argument checks, before anything changes. The usual case (same
+        # handler as last time, default options) takes the short branches.
+        if fn is self._last_fn:
+            is_coro = self._last_is_coro
+        else:
+            if inspect.iscoroutine(fn):
+                raise TypeError(
+                    "submit() got a coroutine object; pass the async function and its arguments "
+                    "instead: submit(fetch, url), not submit(fetch(url))"
+                )
+            if not callable(fn):
+                raise TypeError(f"the handler must be callable, got {fn!r}")
+            is_coro = _is_coroutine_function(fn)
+            # One entry: keeps only the latest handler alive.
+            self._last_fn, self._last_is_coro = fn, is_coro
+        if type(priority) is not int and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
         if task_id is not None:
             try:
@@ -381,10 +391,10 @@ class HybridQueue:
             fn,
             args,
             kwargs or None,
-            is_coro=_is_coroutine_function(fn),
+            is_coro=is_coro,
             priority=priority,
             max_retries=max_retries,
-            timeout=_check_timeout("timeout", timeout, positive=True),
+            timeout=None if timeout is None else _check_timeout("timeout", timeout, positive=True),
         )
 
     def _loop_call(self, method: str) -> asyncio.AbstractEventLoop:

@@ -105,6 +105,8 @@ class Scheduler:
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach the event loop that owns handles, timers and coroutine handlers."""
+        if self.loop is loop:  # set once, never changed: no lock needed to see it
+            return
         with self.lock:
             if self.loop is None:
                 self.loop = loop
@@ -409,6 +411,10 @@ class Scheduler:
     def _settle_on_loop(self, task: Task, result: TaskResult[Any]) -> None:
         if task.handle is not None:
             task.handle._settle(result)
+        # Waiters are added only while the task is live, under the lock; it
+        # is terminal now, so a None here stays None.
+        if task.waiters is None:
+            return
         with self.lock:
             waiters, task.waiters = task.waiters, None
         for waiter in waiters or ():

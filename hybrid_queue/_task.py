@@ -7,8 +7,7 @@ import concurrent.futures
 import enum
 import traceback as _traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from ._queue import HybridQueue
@@ -43,15 +42,15 @@ class TaskStatus(enum.Enum):
 _TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
-@dataclass(frozen=True, slots=True)
-class TaskResult(Generic[T]):
-    """The outcome of a finished task, as kept in the result store.
+class TaskResult(NamedTuple, Generic[T]):
+    """The outcome of a finished task, as kept in the result store. Immutable.
 
     ``error`` is the final exception object (its ``__traceback__`` intact),
     ``None`` on success; for a cancelled task it is a ``CancelledError``.
-    ``traceback`` formats the failure on demand. ``retry_count`` is the number of retries made (attempts minus
-    one). ``duration_ms`` runs from the first attempt's start to the end; it
-    is 0.0 for a task cancelled before it ever ran.
+    ``traceback`` formats the failure on demand. ``retry_count`` is the
+    number of retries made (attempts minus one). ``duration_ms`` runs from
+    the first attempt's start to the end; it is 0.0 for a task cancelled
+    before it ever ran.
     """
 
     task_id: Any
