@@ -23,7 +23,7 @@ $(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml
 
 test: $(STAMP_TEST)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
-	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -m "not slow" -q -p no:randomly tests/test_core.py $(PYTEST_ARGS)
+	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -m "not slow" -q tests/test_core.py $(PYTEST_ARGS)
 
 soak: $(STAMP_TEST)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
