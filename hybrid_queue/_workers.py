@@ -52,6 +52,7 @@ class Runner:
         # claimed task, or None to exit) and every worker task alive.
         self._parked: deque[asyncio.Future[tuple[Task, int] | None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
+        self._closing = False
         # Per-thread queue of starts, so that an executor which completes a
         # future inside submit() cannot recurse once per task.
         self._local = threading.local()
@@ -162,18 +163,37 @@ class Runner:
         worker.add_done_callback(self._workers.discard)
 
     async def _work(self, claim: tuple[Task, int] | None) -> None:
-        # Loop thread. A worker holds a slot while it has a claim.
+        # Loop thread. A worker holds a slot while it has a claim; without
+        # one it parks until _start_coro hands it a claim, or close() None.
         me = asyncio.current_task()
         assert me is not None and self._sched.loop is not None
         while claim is not None:
             task, attempt = claim
             if task.is_coro:
                 claim = await self._run_coro(me, task, attempt)
-                continue
-            self._start(task, attempt)  # the slot goes with the sync task
+                if claim is not None:
+                    continue
+            else:
+                self._start(task, attempt)  # the slot goes with the sync task
+            if self._closing:
+                return
             waiter: asyncio.Future[tuple[Task, int] | None] = self._sched.loop.create_future()
             self._parked.append(waiter)
-            claim = await waiter
+            try:
+                claim = await waiter
+            except asyncio.CancelledError as exc:
+                # Cancelled from outside just as a claim arrived: do not lose it.
+                if waiter.done() and not waiter.cancelled() and (lost := waiter.result()) is not None:
+                    self._give_up(*lost, exc)
+                raise
+
+    def _give_up(self, task: Task, attempt: int, exc: BaseException) -> None:
+        # The worker is being cancelled from outside (the loop is closing)
+        # while it holds a claim: the task ends CANCELLED, the slot moves on.
+        self._sched.cancel(task.task_id)
+        claim = self._sched.finish(task, attempt, False, None, exc)
+        if claim is not None:
+            self.launch([claim])
 
     async def _run_coro(self, me: asyncio.Task[None], task: Task, attempt: int) -> tuple[Task, int] | None:
         fn, args, kwargs = task.fn, task.args, task.kwargs
@@ -198,26 +218,28 @@ class Runner:
                 # Not our interrupt: the worker itself is being cancelled
                 # (the loop is closing). Settle the task and let it end.
                 task.runner = None
-                self._sched.cancel(task.task_id)
-                claim = self._sched.finish(task, attempt, False, None, exc)
-                if claim is not None:
-                    self.launch([claim])
+                self._give_up(task, attempt, exc)
                 raise
             error = exc  # our interrupt, or the handler's own CancelledError
         except BaseException as exc:  # a worker survives whatever the handler raises
             error = exc
         interrupted = task.runner is None
         task.runner = None
-        if interrupted:
-            # _interrupt cleared ``runner`` and cancelled us once: take that
-            # request back so the next handler starts with a clean slate.
-            me.uncancel()
-        return self._sched.finish(task, attempt, ok, value, error)
+        claim = self._sched.finish(task, attempt, ok, value, error)
+        # _interrupt cleared ``runner`` and cancelled us once: take that
+        # request back so the next handler starts with a clean slate, unless
+        # someone else cancelled the worker too.
+        if interrupted and me.uncancel():
+            if claim is not None:
+                self.launch([claim])
+            raise asyncio.CancelledError
+        return claim
 
     # ---------------------------------------------------------------- shutdown
 
     async def close(self, grace: float | None) -> bool:
         """End every worker coroutine; True if all ended within ``grace`` seconds. Loop only."""
+        self._closing = True  # from now on a worker without a claim exits instead of parking
         while self._parked:
             waiter = self._parked.popleft()
             if not waiter.done():

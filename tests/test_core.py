@@ -810,7 +810,7 @@ async def test_shutdown_cancel_pending_resolves_every_future():
     assert_identity(s)
 
 
-async def test_shutdown_timeout_drains_then_cancels_the_rest():
+async def test_shutdown_timeout_drains_then_cancels_the_rest(caplog):
     q = HybridQueue(1)
     await q.start()
 
@@ -827,9 +827,11 @@ async def test_shutdown_timeout_drains_then_cancels_the_rest():
     assert first.result() == 1
     assert stuck.cancelled() and never.cancelled()
     assert_identity(q.stats())
+    # The cancelled handler unwound at once; shutdown did not wait out its grace.
+    assert not [r for r in caplog.records if "abandoned" in r.getMessage()]
 
 
-async def test_shutdown_without_wait_cancels_everything(make_queue):
+async def test_shutdown_without_wait_cancels_everything(caplog):
     q = HybridQueue(1)
     await q.start()
     started = asyncio.Event()
@@ -843,6 +845,7 @@ async def test_shutdown_without_wait_cancels_everything(make_queue):
     await started.wait()
     await q.shutdown(wait=False)
     assert a.cancelled() and b.cancelled()
+    assert not [r for r in caplog.records if "abandoned" in r.getMessage()]
 
 
 def test_sync_program_context_manager():
@@ -892,3 +895,67 @@ async def test_handler_exception_recorded_and_worker_survives(make_queue):
     r2 = await q.get_result(h2.task_id)
     assert isinstance(r1.error, Custom) and "Custom: not an Exception" in r1.traceback
     assert isinstance(r2.error, KeyboardInterrupt)
+
+
+async def test_worker_cancelled_from_outside_settles_its_task_and_frees_the_slot(make_queue):
+    q = await make_queue(1)
+    started = asyncio.Event()
+
+    async def forever():
+        started.set()
+        await asyncio.Event().wait()
+
+    h = await q.submit(forever)
+    nxt = await q.submit(abs, -4)
+    await started.wait()
+    (worker,) = [t for t in asyncio.all_tasks() if t.get_name() == "hybrid_queue-worker"]
+    worker.cancel()  # as asyncio.run does to every task when its main coroutine ends
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    assert h.cancelled()
+    assert await nxt == 4
+    s = q.stats()
+    assert (s.cancelled, s.completed, s.busy_workers) == (1, 1, 0)
+    assert_identity(s)
+
+
+async def test_parked_worker_cancelled_from_outside_loses_no_claim(make_queue):
+    q = await make_queue(1)
+    await (await q.submit(asyncio.sleep, 0))
+    await asyncio.sleep(0)
+    (worker,) = [t for t in asyncio.all_tasks() if t.get_name() == "hybrid_queue-worker"]
+    # Hand the parked worker a claim and cancel it in the same loop iteration.
+    h = await q.submit(asyncio.sleep, 0)
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    assert h.cancelled() or h.done()
+    assert_identity(q.stats())
+    assert q.stats().busy_workers == 0
+    assert await (await q.submit(abs, -2)) == 2
+
+
+def _square(x):
+    return x * x
+
+
+def _fail_once(path):
+    import os
+
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise OSError("first attempt fails")
+    return "second attempt"
+
+
+async def test_process_pool_executor_runs_sync_handlers(tmp_path):
+    with concurrent.futures.ProcessPoolExecutor(2) as pool:
+        async with HybridQueue(2, executor=pool, retry=FAST) as q:
+            handles = [await q.submit(_square, i, priority=i % 3) for i in range(20)]
+            assert sorted(await asyncio.gather(*handles)) == sorted(i * i for i in range(20))
+            h = await q.submit(_fail_once, str(tmp_path / "marker"))
+            assert await h == "second attempt"
+            assert (await q.get_result(h.task_id)).retry_count == 1
+            bad = await q.submit(lambda: 1, max_retries=0)  # lambdas do not pickle
+            with pytest.raises(Exception, match="pickle"):
+                await bad
