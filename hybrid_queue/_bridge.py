@@ -9,7 +9,7 @@ once, not once per task.
 from __future__ import annotations
 
 import asyncio
-import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -17,18 +17,22 @@ __all__ = ["LoopBridge"]
 
 
 class LoopBridge:
-    """Runs callables on one event loop, posted from any thread, in posting order."""
+    """Runs callables on one event loop, posted from any thread, in posting order.
 
-    __slots__ = ("_calls", "_lock", "_loop", "_scheduled")
+    No lock: ``deque.append`` and ``popleft`` are atomic, and the protocol
+    below cannot lose a call. ``post`` appends, then schedules a drain if none
+    is scheduled; ``_drain`` clears the flag, then pops what is there. A
+    poster that saw the flag set appended before the drain cleared it, so
+    that drain pops its call; a poster that saw it clear schedules a drain of
+    its own. At worst two posters both schedule one, and the second finds
+    nothing: an extra wake-up, never a lost call.
+    """
+
+    __slots__ = ("_calls", "_loop", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        # Guards _calls and _scheduled. Invariant: while _calls is non-empty,
-        # _scheduled is True and a drain is queued on the loop. The append and
-        # the decision to wake the loop happen under one hold, or a call could
-        # land just after a drain swapped the list and never run.
-        self._lock = threading.Lock()
-        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._scheduled = False
 
     def post(self, fn: Callable[..., Any], *args: Any) -> bool:
@@ -36,26 +40,25 @@ class LoopBridge:
 
         Returns False if the loop is closed, in which case ``fn`` never runs.
         """
-        with self._lock:
-            self._calls.append((fn, args))
-            if self._scheduled:
-                return True
-            self._scheduled = True
+        self._calls.append((fn, args))
+        if self._scheduled:
+            return True
+        self._scheduled = True
         try:
             self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # loop closed: nothing can run there any more
-            with self._lock:
-                self._calls.clear()
-                self._scheduled = False
+            self._calls.clear()
+            self._scheduled = False
             return False
         return True
 
     def _drain(self) -> None:
-        with self._lock:
-            calls = self._calls
-            self._calls = []
-            self._scheduled = False
-        for fn, args in calls:
+        self._scheduled = False
+        calls = self._calls
+        # Only what is here now: calls posted from here on scheduled their
+        # own drain, and a steady stream must not hold the loop forever.
+        for _ in range(len(calls)):
+            fn, args = calls.popleft()
             # One failing call must not drop the rest of the batch.
             try:
                 fn(*args)
