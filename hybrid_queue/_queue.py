@@ -292,8 +292,7 @@ class HybridQueue:
         ``task_id`` in use, TypeError/ValueError for bad arguments. Loop thread.
         """
         task = self._task(fn, args, kwargs, priority, task_id, max_retries, timeout)
-        loop = self._loop_call("submit")
-        task.handle = TaskHandle(self, task.task_id, loop=loop)
+        task.handle = self._handle(task, "submit")
         while True:
             try:
                 self._sched.add(task)
@@ -315,8 +314,7 @@ class HybridQueue:
     ) -> TaskHandle[Any]:
         """As ``submit``, but raise QueueFull instead of waiting for room. Loop thread."""
         task = self._task(fn, args, kwargs, priority, task_id, max_retries, timeout)
-        loop = self._loop_call("submit_nowait")
-        task.handle = TaskHandle(self, task.task_id, loop=loop)
+        task.handle = self._handle(task, "submit_nowait")
         self._sched.add(task)
         return task.handle
 
@@ -396,6 +394,18 @@ class HybridQueue:
             max_retries=max_retries,
             timeout=None if timeout is None else _check_timeout("timeout", timeout, positive=True),
         )
+
+    def _handle(self, task: Task, method: str) -> TaskHandle[Any]:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = self._loop_call(method)  # raises the helpful error
+        if loop is not self._sched.loop:
+            self._bind(loop)
+        handle: TaskHandle[Any] = TaskHandle(loop=loop)
+        handle.task_id = task.task_id
+        handle._queue_ref = self
+        return handle
 
     def _loop_call(self, method: str) -> asyncio.AbstractEventLoop:
         try:

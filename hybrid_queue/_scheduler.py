@@ -38,6 +38,7 @@ FAILED = TaskStatus.FAILED
 CANCELLED = TaskStatus.CANCELLED
 
 Claimed = list[tuple[Task, int]]
+_new_tuple = tuple.__new__
 _CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _NOTHING: Claimed = []
 
@@ -83,6 +84,7 @@ class Scheduler:
         self._started = False
         self._accepting = True
         self._auto_ids = count(1)
+        self._chosen_ids = False  # a caller has used a task_id that is not a str
         self._submitted = self._running = self._retrying = 0
         self._completed = self._failed = self._cancelled = self._retries = 0
         self._expired = self._evicted = 0
@@ -148,7 +150,8 @@ class Scheduler:
         """
         with self.lock:
             while True:
-                self._check_accepting_locked()
+                if not self._accepting:
+                    self._check_accepting_locked()  # raises
                 task_id = task.task_id
                 if task_id is not None and (task_id in self._live or self._stored_locked(task_id)):
                     raise DuplicateTaskError(
@@ -169,11 +172,15 @@ class Scheduler:
                     self._thread_putters -= 1
             if task_id is None:
                 task_id = next(self._auto_ids)
-                while task_id in self._live or task_id in self._store:
+                # Generated ids are new ints; only an id chosen by a caller,
+                # and not a str, can equal one still in use.
+                while self._chosen_ids and (task_id in self._live or task_id in self._store):
                     task_id = next(self._auto_ids)
                 task.task_id = task_id
                 if task.handle is not None:
                     task.handle.task_id = task_id
+            elif type(task_id) is not str:
+                self._chosen_ids = True
             task.ticket = self._heap.push(task.priority, task)
             self._live[task_id] = task
             self._submitted += 1
@@ -240,12 +247,12 @@ class Scheduler:
             self._room_freed_locked(len(claimed))
         return claimed
 
-    def _begin_locked(self, task: Task) -> int:
+    def _begin_locked(self, task: Task, now: float | None = None) -> int:
         task.state = RUNNING
         self._running += 1
         task.attempt += 1
         if task.attempt == 1:
-            task.started_at = self.clock()
+            task.started_at = self.clock() if now is None else now
         return task.attempt
 
     # ---------------------------------------------------------------- finishing
@@ -259,6 +266,7 @@ class Scheduler:
         error: BaseException | None,
         *,
         retry: bool = True,
+        on_loop: bool = False,
     ) -> tuple[Task, int] | None:
         """Report the end of ``attempt`` by the holder of its slot. Any thread.
 
@@ -266,7 +274,8 @@ class Scheduler:
         the attempt was abandoned meanwhile (cancelled, timed out), in which
         case the outcome is dropped. Then the slot goes to the next task in
         the heap, which is returned for the caller to run or hand on, or is
-        freed when there is none.
+        freed when there is none. ``on_loop``: the caller knows it runs on
+        the loop thread, so results are handed over without a thread check.
         """
         now = self.clock()
         result = None
@@ -289,7 +298,7 @@ class Scheduler:
             nxt = None
             if self._started and self._heap:
                 nxt = self._heap.pop()
-                nxt_attempt = self._begin_locked(nxt)
+                nxt_attempt = self._begin_locked(nxt, now)
                 if self.max_queue_size:
                     self._room_freed_locked(1)
             else:
@@ -299,7 +308,7 @@ class Scheduler:
         if timer is not None:
             self.on_loop(timer.cancel)
         if result is not None:
-            self.deliver(task, result)
+            self.deliver(task, result, on_loop)
         elif delay >= 0:
             self.on_loop(self._arm_retry, task, attempt, delay)
         return None if nxt is None else (nxt, nxt_attempt)
@@ -389,28 +398,38 @@ class Scheduler:
             # so a burst of tasks leaves no memory behind once it is over.
             self._live = {}
         duration = (now - task.started_at) * 1000.0 if task.attempt else 0.0
-        result: TaskResult[Any] = TaskResult(task.task_id, status, value, error, task.retry_count, duration)
+        # tuple.__new__ directly: the NamedTuple's own __new__ is a Python
+        # frame, and this line runs once per task.
+        result: TaskResult[Any] = _new_tuple(
+            TaskResult, (task.task_id, status, value, error, task.retry_count, duration)
+        )
         task.result = result
-        task.release_call()
+        task.fn = None  # release the handler and its arguments
+        task.args = ()
+        task.kwargs = None
         self._evicted += self._store.add(result, now)
-        if self._arm_expiry_locked():
+        if not self._expiry_armed and self._arm_expiry_locked():
             self._defer_locked(self._expire)
         return result
 
-    def deliver(self, task: Task, result: TaskResult[Any]) -> None:
+    def deliver(self, task: Task, result: TaskResult[Any], on_loop: bool = False) -> None:
         """Hand a terminal result to whoever waits for it. No lock held; any thread."""
-        status = result.status
-        if status is FAILED:
+        if result.status is FAILED:
             logger.warning("task %r failed after %d attempt(s): %r", task.task_id, task.attempt, result.error)
         cfuture = task.cfuture
         if cfuture is not None:
             _settle_cfuture(cfuture, result)
-        if task.handle is not None or task.waiters is not None:
-            self.on_loop(self._settle_on_loop, task, result)
+        if task.handle is None and task.waiters is None:
+            return
+        if on_loop or threading.get_ident() == self.loop_thread:
+            self._settle_on_loop(task, result)
+        elif self._bridge is not None:
+            self._bridge.post(self._settle_on_loop, task, result)
 
     def _settle_on_loop(self, task: Task, result: TaskResult[Any]) -> None:
-        if task.handle is not None:
-            task.handle._settle(result)
+        handle = task.handle
+        if handle is not None and not handle.done():
+            handle._settle(result)
         # Waiters are added only while the task is live, under the lock; it
         # is terminal now, so a None here stays None.
         if task.waiters is None:

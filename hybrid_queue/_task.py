@@ -89,10 +89,11 @@ class TaskHandle(asyncio.Future[T]):
     # already in the result store and the log.
     __slots__ = ("_queue_ref", "task_id")
 
-    def __init__(self, queue: HybridQueue, task_id: Any, *, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop=loop)
-        self.task_id = task_id
-        self._queue_ref = queue
+    # No __init__ of its own: made by ``TaskHandle(loop=loop)`` (the C
+    # initializer, no Python frame), then ``_queue_ref`` and ``task_id`` set
+    # by the queue before anyone else sees it.
+    task_id: Any
+    _queue_ref: HybridQueue
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the task; True if it was still unfinished.
@@ -106,9 +107,7 @@ class TaskHandle(asyncio.Future[T]):
         return self._queue_ref.cancel_task(self.task_id)
 
     def _settle(self, result: TaskResult[T]) -> None:
-        # Called on the loop thread once the task is terminal.
-        if self.done():
-            return
+        # Called on the loop thread, once, when the task is terminal.
         if result.status is TaskStatus.COMPLETED:
             self.set_result(result.result)  # type: ignore[arg-type]
         elif result.status is TaskStatus.CANCELLED:
@@ -220,9 +219,3 @@ class Task:
         self.runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.result: TaskResult[Any] | None = None
-
-    def release_call(self) -> None:
-        """Drop the handler and its arguments once the task is terminal."""
-        self.fn = None
-        self.args = ()
-        self.kwargs = None

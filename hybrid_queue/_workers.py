@@ -225,7 +225,7 @@ class Runner:
             error = exc
         interrupted = task.runner is None
         task.runner = None
-        claim = self._sched.finish(task, attempt, ok, value, error)
+        claim = self._sched.finish(task, attempt, ok, value, error, on_loop=True)
         # _interrupt cleared ``runner`` and cancelled us once: take that
         # request back so the next handler starts with a clean slate, unless
         # someone else cancelled the worker too.
