@@ -959,3 +959,33 @@ async def test_process_pool_executor_runs_sync_handlers(tmp_path):
             bad = await q.submit(lambda: 1, max_retries=0)  # lambdas do not pickle
             with pytest.raises(Exception, match="pickle"):
                 await bad
+
+
+async def test_generated_ids_skip_ids_chosen_by_callers(make_queue):
+    q = await make_queue(1, start=False)
+    mine = await q.submit(abs, 1, task_id=2)
+    also_mine = await q.submit(abs, 1, task_id=3.0)  # equal to the int 3
+    generated = [(await q.submit(abs, 1)).task_id for _ in range(3)]
+    assert generated == [1, 4, 5]
+    assert {mine.task_id, also_mine.task_id}.isdisjoint(generated)
+
+
+async def test_idle_queue_schedules_nothing(make_queue):
+    loop = asyncio.get_running_loop()
+    if not hasattr(loop, "_scheduled"):
+        pytest.skip("needs the default event loop's internals")
+    q = await make_queue(4, result_ttl=0.01)
+    handles = [await q.submit(asyncio.sleep, 0) for _ in range(20)]
+    handles += [await q.submit(abs, -i) for i in range(20)]
+    await asyncio.gather(*handles)
+    async with asyncio.timeout(5):
+        while q.stats().results_stored:
+            await asyncio.sleep(0.005)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    # Nothing wakes an idle queue: no timer (the expiry chain stopped with the
+    # last result), no callback queued, every worker parked on a future.
+    assert [h for h in loop._scheduled if not h.cancelled()] == []
+    assert len(loop._ready) == 0
+    workers = [t for t in asyncio.all_tasks() if t.get_name() == "hybrid_queue-worker"]
+    assert workers and all(not t.done() for t in workers)
