@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
-import math
 import threading
 from collections.abc import Callable, Hashable
 from types import TracebackType
@@ -14,11 +13,12 @@ from typing import Any
 
 from ._background import LoopThread
 from ._errors import QueueFull, QueueShutDown
-from ._retry import RetryPolicy, check_max_retries
+from ._retry import RetryPolicy
 from ._scheduler import Scheduler
 from ._stats import QueueStats
 from ._store import ResultStore
 from ._task import Task, TaskFuture, TaskHandle, TaskResult, TaskStatus
+from ._validate import check_int, check_max_retries, check_timeout, is_coroutine_function
 from ._workers import Runner
 
 __all__ = ["HybridQueue"]
@@ -59,13 +59,11 @@ class HybridQueue:
         max_results: int = 10_000,
         executor: concurrent.futures.Executor | None = None,
     ) -> None:
-        _check_int("workers", workers, minimum=1)
-        _check_int("max_queue_size", max_queue_size, minimum=0)
-        _check_int("max_results", max_results, minimum=1)
-        if isinstance(result_ttl, bool) or not isinstance(result_ttl, (int, float)):
-            raise TypeError(f"result_ttl must be a number of seconds, got {result_ttl!r}")
-        if math.isnan(result_ttl) or result_ttl < 0:
-            raise ValueError(f"result_ttl must be >= 0 seconds (math.inf keeps results until evicted), got {result_ttl!r}")
+        check_int("workers", workers, minimum=1)
+        check_int("max_queue_size", max_queue_size, minimum=0)
+        check_int("max_results", max_results, minimum=1)
+        ttl = check_timeout("result_ttl", result_ttl, optional=False)
+        assert ttl is not None
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         if executor is not None and not isinstance(executor, concurrent.futures.Executor):
@@ -76,7 +74,7 @@ class HybridQueue:
             workers=workers,
             max_queue_size=max_queue_size,
             policy=self._policy,
-            store=ResultStore(float(result_ttl), max_results),
+            store=ResultStore(ttl, max_results),
         )
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hybrid_queue")
@@ -138,7 +136,7 @@ class HybridQueue:
         readable. Idempotent: a second call applies its stronger options
         (``cancel_pending``, ``wait=False``) and waits for the first to end.
         """
-        timeout = _check_timeout("timeout", timeout)
+        timeout = check_timeout("timeout", timeout)
         loop = asyncio.get_running_loop()
         self._bind(loop)
         first = self._sched.stop_accepting()
@@ -368,7 +366,7 @@ class HybridQueue:
                 )
             if not callable(fn):
                 raise TypeError(f"the handler must be callable, got {fn!r}")
-            is_coro = _is_coroutine_function(fn)
+            is_coro = is_coroutine_function(fn)
             # One entry: keeps only the latest handler alive.
             self._last_fn, self._last_is_coro = fn, is_coro
         if type(priority) is not int and (isinstance(priority, bool) or not isinstance(priority, int)):
@@ -392,7 +390,7 @@ class HybridQueue:
             is_coro=is_coro,
             priority=priority,
             max_retries=max_retries,
-            timeout=None if timeout is None else _check_timeout("timeout", timeout, positive=True),
+            timeout=None if timeout is None else check_timeout("timeout", timeout, positive=True),
         )
 
     def _handle(self, task: Task, method: str) -> TaskHandle[Any]:
@@ -427,7 +425,7 @@ class HybridQueue:
         (a KeyError) for an id never submitted or whose result was dropped.
         Loop thread.
         """
-        timeout = _check_timeout("timeout", timeout)
+        timeout = check_timeout("timeout", timeout)
         self._loop_call("get_result")
         found = self._sched.result_or_waiter(task_id)
         if isinstance(found, TaskResult):
@@ -464,31 +462,6 @@ class HybridQueue:
     def stats(self) -> QueueStats:
         """A consistent snapshot of the counters. Any thread."""
         return self._sched.stats()
-
-
-def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
-    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-
-
-def _check_timeout(name: str, value: object, *, positive: bool = False) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
-    if math.isnan(value) or value < 0 or (positive and value == 0):
-        rule = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be {rule} seconds or None, got {value!r}")
-    return float(value)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

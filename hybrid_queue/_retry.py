@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
+from ._validate import check_delay, check_max_retries
+
 __all__ = ["RetryPolicy"]
-
-
-def _check_delay(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if math.isnan(value) or value < 0 or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def check_max_retries(value: object, name: str = "max_retries") -> int:
-    """Validate a retry count; shared by the policy and by per-task overrides."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}; use 0 for a single attempt")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +32,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         check_max_retries(self.max_retries)
-        _check_delay("base_delay", self.base_delay)
-        _check_delay("max_delay", self.max_delay)
-        jitter = _check_delay("jitter", self.jitter)
+        check_delay("base_delay", self.base_delay)
+        check_delay("max_delay", self.max_delay)
+        jitter = check_delay("jitter", self.jitter)
         if jitter > 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
         retry_on = self.retry_on

@@ -1,0 +1,66 @@
+"""Argument checks shared by the queue and the retry policy.
+
+Each raises TypeError for a value of the wrong type and ValueError for a value
+out of range, with a message naming the parameter, the rule and the value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["check_delay", "check_int", "check_max_retries", "check_timeout", "is_coroutine_function"]
+
+
+def check_int(name: str, value: object, *, minimum: int) -> int:
+    """An int (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def check_max_retries(value: object, name: str = "max_retries") -> int:
+    """A retry count: an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}; use 0 for a single attempt")
+    return value
+
+
+def _seconds(name: str, value: object, suffix: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds{suffix}, got {value!r}")
+    return float(value)
+
+
+def check_delay(name: str, value: object) -> float:
+    """A finite number of seconds >= 0 (retry delays, jitter)."""
+    seconds = _seconds(name, value, "")
+    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return seconds
+
+
+def check_timeout(name: str, value: object, *, positive: bool = False, optional: bool = True) -> float | None:
+    """A number of seconds >= 0 (> 0 with ``positive``), or None when ``optional``; infinity allowed."""
+    if value is None and optional:
+        return None
+    suffix = " or None" if optional else ""
+    seconds = _seconds(name, value, suffix)
+    if math.isnan(seconds) or seconds < 0 or (positive and seconds == 0):
+        rule = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be {rule} seconds{suffix}, got {value!r}")
+    return seconds
+
+
+def is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    """True for an async def function, a partial of one, or an object whose __call__ is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
+    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
