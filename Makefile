@@ -7,7 +7,7 @@ STAMP_TEST := $(VENV)/.stamp-test
 STAMP_BENCH := $(VENV)/.stamp-bench
 PYTEST_ARGS ?=
 
-.PHONY: test soak bench bench-quick clean
+.PHONY: test lint soak bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ $(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-test: $(STAMP_TEST)
+LINTED := hybrid_queue
+
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy hybrid_queue
+
+test: $(STAMP_TEST) lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -m "not slow" -q tests/test_core.py $(PYTEST_ARGS)
 

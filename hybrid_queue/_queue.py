@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from ._background import LoopThread
-from ._errors import QueueFull, QueueShutDown
+from ._errors import QueueFull
 from ._retry import RetryPolicy
 from ._scheduler import Scheduler
 from ._stats import QueueStats
@@ -187,7 +187,7 @@ class HybridQueue:
             return
         # Joining the pool's threads blocks; do it off the loop so it never stalls.
         loop = asyncio.get_running_loop()
-        joined = loop.create_future()
+        joined: asyncio.Future[None] = loop.create_future()
 
         def join() -> None:
             self._executor.shutdown(wait=True)
@@ -240,7 +240,9 @@ class HybridQueue:
             self._background = background
             loop = background.loop
         if threading.get_ident() == self._sched.loop_thread:
-            raise RuntimeError("shutdown_blocking() was called on the queue's event loop thread; use `await queue.shutdown()`")
+            raise RuntimeError(
+                "shutdown_blocking() was called on the queue's event loop thread; use `await queue.shutdown()`"
+            )
         try:
             asyncio.run_coroutine_threadsafe(self.shutdown(wait, cancel_pending, timeout), loop).result()
         finally:
@@ -339,7 +341,8 @@ class HybridQueue:
                 "would deadlock; use `await queue.submit(...)` there"
             )
         task = self._task(fn, args, kwargs, priority, task_id, max_retries, timeout)
-        task.cfuture = future = TaskFuture(self)
+        future: TaskFuture[Any] = TaskFuture(self)
+        task.cfuture = future
         self._sched.add(task, block=True)
         future.task_id = task.task_id
         return future

@@ -115,8 +115,7 @@ class Scheduler:
                 self._bridge = LoopBridge(loop)
             elif self.loop is not loop:
                 raise RuntimeError(
-                    "this HybridQueue is bound to another event loop; "
-                    "use it only from the loop it was started on"
+                    "this HybridQueue is bound to another event loop; use it only from the loop it was started on"
                 )
 
     def set_loop_thread(self, ident: int | None) -> None:

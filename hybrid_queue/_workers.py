@@ -138,6 +138,7 @@ class Runner:
     def _foreign_done(self, task: Task, attempt: int, future: concurrent.futures.Future[Any]) -> None:
         # Whatever thread the executor completes futures on.
         task.runner = None
+        error: BaseException | None
         if future.cancelled():
             ok, value, error = False, None, concurrent.futures.CancelledError()
         else:
@@ -204,7 +205,8 @@ class Runner:
         if fn is None or task.state is not RUNNING or task.attempt != attempt:
             return self._sched.finish(task, attempt, False, None, _ABANDONED)
         ok = False
-        value = error = None
+        value: Any = None
+        error: BaseException | None = None
         task.runner = me
         try:
             if task.timeout is None:
