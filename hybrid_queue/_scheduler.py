@@ -88,6 +88,10 @@ class Scheduler:
         self._submitted = self._running = self._retrying = 0
         self._completed = self._failed = self._cancelled = self._retries = 0
         self._expired = self._evicted = 0
+        # Loop thread only: the task whose handler interrupt() is cancelling.
+        self._interrupting: Task | None = None
+        # Objects released under the lock, to be dropped after it.
+        self._dropped: list[Any] = []
         # Threads blocked in submit_blocking on a full queue wait here.
         self._room = threading.Condition(self.lock)
         self._thread_putters = 0
@@ -304,6 +308,8 @@ class Scheduler:
                 self._free += 1
                 if self._idle_waiters and not self._live and self._free == self.workers:
                     self._defer_locked(self._wake_idle)
+            dropped = self._take_dropped_locked() if self._dropped else None
+        del dropped  # after the lock: see _take_dropped_locked
         if timer is not None:
             self.on_loop(timer.cancel)
         if result is not None:
@@ -336,6 +342,8 @@ class Scheduler:
             delay = self._fail_locked(task, error, now)
             if delay < 0:
                 result = self._terminal_locked(task, FAILED, None, error, now)
+            dropped = self._take_dropped_locked()
+        del dropped
         if result is not None:
             self.deliver(task, result)
         else:
@@ -402,17 +410,30 @@ class Scheduler:
         result: TaskResult[Any] = _new_tuple(
             TaskResult, (task.task_id, status, value, error, task.retry_count, duration)
         )
-        task.result = result
-        task.fn = None  # release the handler and its arguments
-        task.args = ()
-        task.kwargs = None
-        self._evicted += self._store.add(result, now)
+        evicted = self._store.add(result, now)
+        if evicted:
+            self._evicted += len(evicted)
+            self._dropped.extend(evicted)
         if not self._expiry_armed and self._arm_expiry_locked():
             self._defer_locked(self._expire)
         return result
 
+    def _take_dropped_locked(self) -> list[Any] | None:
+        # What the critical section let go of, for the caller to drop after
+        # releasing the lock: finalizers (__del__) are user code, and one
+        # that calls back into the queue must not find the lock held.
+        if not self._dropped:
+            return None
+        dropped, self._dropped = self._dropped, []
+        return dropped
+
     def deliver(self, task: Task, result: TaskResult[Any], on_loop: bool = False) -> None:
         """Hand a terminal result to whoever waits for it. No lock held; any thread."""
+        # Release the handler and its arguments here, outside the lock (see
+        # _take_dropped_locked). A slot holder copied them before starting.
+        task.fn = None
+        task.args = ()
+        task.kwargs = None
         if result.status is FAILED:
             logger.warning("task %r failed after %d attempt(s): %r", task.task_id, task.attempt, result.error)
         cfuture = task.cfuture
@@ -448,6 +469,8 @@ class Scheduler:
             task = self._live.get(task_id)
             if task is None:
                 return False
+            if task is self._interrupting and threading.get_ident() == self.loop_thread:
+                return False  # the echo of interrupt() through the task's own handle
             state = task.state
             timer = None
             if state is PENDING:
@@ -464,22 +487,31 @@ class Scheduler:
             result = self._terminal_locked(task, CANCELLED, None, asyncio.CancelledError(), now)
             if self._idle_waiters and not self._live and self._free == self.workers:
                 self._defer_locked(self._wake_idle)
+            dropped = self._take_dropped_locked()
+        del dropped
         if timer is not None:
             self.on_loop(timer.cancel)
         if state is RUNNING:
-            self.on_loop(self._interrupt, task, attempt)
+            self.on_loop(self.interrupt, task, attempt)
         self.deliver(task, result)
         return True
 
-    def _interrupt(self, task: Task, attempt: int) -> None:
-        # Loop thread. ``runner`` is set and cleared only on this thread, by
-        # the worker around its await of the handler, so it is current here.
+    def interrupt(self, task: Task, attempt: int) -> None:
+        """Cancel the handler running ``attempt`` of ``task``, if it still is. Loop only."""
+        # ``runner`` is set and cleared only on this thread, by the worker
+        # around its await of the handler, so it is current here.
         runner = task.runner
         if runner is not None and task.attempt == attempt:
             # Cleared first: the worker reads ``runner is None`` as "this
             # CancelledError is the queue's, not the loop's".
             task.runner = None
-            runner.cancel()
+            # Cancelling an asyncio task cancels the future it awaits; if the
+            # handler awaits its own handle, that must not cancel the task.
+            self._interrupting = task
+            try:
+                runner.cancel()
+            finally:
+                self._interrupting = None
 
     def live_ids(self, *states: TaskStatus) -> list[Hashable]:
         """Ids of live tasks in any of ``states`` (all live tasks if none given)."""
@@ -550,7 +582,9 @@ class Scheduler:
         assert loop is not None
         with self.lock:
             now = self.clock()
-            self._expired += self._store.expire(now)
+            # Dropped when this method returns, after the lock (see _take_dropped_locked).
+            expired = self._store.expire(now)
+            self._expired += len(expired)
             due = self._store.next_expiry()
             if due is None or not self._started:
                 self._expiry_armed = False
@@ -595,7 +629,8 @@ class Scheduler:
     def forget(self, task_id: Hashable) -> bool:
         """Drop a stored result; False if there was none."""
         with self.lock:
-            return self._store.discard(task_id)
+            dropped = self._store.discard(task_id)
+        return dropped is not None  # its last reference goes here, after the lock
 
     def stats(self) -> QueueStats:
         """A snapshot of every counter, taken atomically."""

@@ -14,6 +14,8 @@ from ._task import TaskResult
 
 __all__ = ["ResultStore"]
 
+_NONE: list[Any] = []  # shared "nothing evicted"; never mutated
+
 
 class ResultStore:
     """Results keyed by task id, oldest first.
@@ -39,14 +41,20 @@ class ResultStore:
     def __contains__(self, task_id: Hashable) -> bool:
         return task_id in self._entries
 
-    def add(self, result: TaskResult[Any], now: float) -> int:
-        """Store ``result``; return how many older results the size bound evicted."""
+    def add(self, result: TaskResult[Any], now: float) -> list[TaskResult[Any]]:
+        """Store ``result``; return the older results the size bound evicted.
+
+        Evicted and expired results are returned rather than dropped, so the
+        owner can let go of them after releasing its lock: a result's
+        ``__del__`` is user code.
+        """
         entries = self._entries
         entries[result.task_id] = (now + self.ttl, result)
-        evicted = 0
+        if len(entries) <= self.max_results:
+            return _NONE
+        evicted = []
         while len(entries) > self.max_results:
-            entries.popitem(last=False)
-            evicted += 1
+            evicted.append(entries.popitem(last=False)[1][1])
         return evicted
 
     def get(self, task_id: Hashable, now: float) -> TaskResult[Any] | None:
@@ -56,20 +64,21 @@ class ResultStore:
             return None
         return entry[1]
 
-    def discard(self, task_id: Hashable) -> bool:
-        """Remove one result; True if it was there."""
-        return self._entries.pop(task_id, None) is not None
+    def discard(self, task_id: Hashable) -> TaskResult[Any] | None:
+        """Remove one result and return it, or None if it was not there."""
+        entry = self._entries.pop(task_id, None)
+        return None if entry is None else entry[1]
 
-    def expire(self, now: float) -> int:
-        """Drop every result whose time is up; return how many."""
+    def expire(self, now: float) -> list[TaskResult[Any]]:
+        """Remove every result whose time is up and return them."""
         entries = self._entries
-        expired = 0
+        expired = []
         while entries:
-            task_id, (expires_at, _) = next(iter(entries.items()))
+            task_id, (expires_at, result) = next(iter(entries.items()))
             if expires_at > now:
                 break
             del entries[task_id]
-            expired += 1
+            expired.append(result)
         if expired and not entries:
             # Give back the table a large burst grew (dicts never shrink).
             self._entries = OrderedDict()

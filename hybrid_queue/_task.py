@@ -172,7 +172,6 @@ class Task:
         "kwargs",
         "max_retries",
         "priority",
-        "result",
         "retry_count",
         "runner",
         "started_at",
@@ -218,4 +217,3 @@ class Task:
         # future of a sync one; set by the slot holder, used to interrupt it.
         self.runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.result: TaskResult[Any] | None = None

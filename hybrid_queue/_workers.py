@@ -92,7 +92,10 @@ class Runner:
             self._sched.on_loop(self._sched.arm_timeout, task, attempt, self._timed_out)
         try:
             if self._inline:
-                self._executor.submit(self._sync_chain, task, attempt)
+                chain = self._executor.submit(self._sync_chain, task, attempt)
+                # A pool shut down with cancel_futures=True drops the chain
+                # unrun: the task must still end, and its slot come back.
+                chain.add_done_callback(lambda f: self._chain_dropped(task, attempt) if f.cancelled() else None)
                 return None
             fn, args, kwargs = task.fn, task.args, task.kwargs
             if fn is None or task.state is not RUNNING or task.attempt != attempt:
@@ -108,16 +111,32 @@ class Runner:
         future.add_done_callback(lambda f: self._foreign_done(task, attempt, f))
         return None
 
-    def _timed_out(self, task: Task, attempt: int) -> None:
-        # Loop thread: a sync attempt outlived its timeout.
-        self._sched.expire_attempt(
-            task,
-            attempt,
-            TimeoutError(
-                f"task {task.task_id!r} attempt {attempt} exceeded its timeout of {task.timeout} s "
-                "(the sync handler could not be interrupted; its late result is discarded)"
-            ),
+    def _chain_dropped(self, task: Task, attempt: int) -> None:
+        error = RuntimeError(
+            f"the executor cancelled task {task.task_id!r} before it ran (shut down with "
+            "cancel_futures=True?); do not shut down an executor while a HybridQueue still uses it"
         )
+        claim = self._sched.finish(task, attempt, False, None, error, retry=False)
+        if claim is not None:
+            self._start(*claim)
+
+    def _timed_out(self, task: Task, attempt: int) -> None:
+        # Loop thread: an attempt outlived its timeout. A coroutine handler
+        # is cancelled; if it unwinds at once, its worker reports the
+        # TimeoutError and frees the slot in the same step. A handler that
+        # ignores the cancel, or a sync handler (which cannot be interrupted),
+        # fails now regardless and is abandoned: its slot stays busy until it
+        # really returns, and what it returns is discarded.
+        if task.is_coro:
+            self._sched.interrupt(task, attempt)
+            # Queued behind the worker's wake-up, which cancel() queued first.
+            assert self._sched.loop is not None
+            self._sched.loop.call_soon(self._abandon_late, task, attempt)
+        else:
+            self._abandon_late(task, attempt)
+
+    def _abandon_late(self, task: Task, attempt: int) -> None:
+        self._sched.expire_attempt(task, attempt, _timeout_error(task, attempt))
 
     # ------------------------------------------------------------- sync handlers
 
@@ -176,6 +195,8 @@ class Runner:
                     continue
             else:
                 self._start(task, attempt)  # the slot goes with the sync task
+            # A parked frame must not keep the last task (and its result) alive.
+            del task
             if self._closing:
                 return
             waiter: asyncio.Future[tuple[Task, int] | None] = self._sched.loop.create_future()
@@ -199,7 +220,7 @@ class Runner:
     async def _run_coro(self, me: asyncio.Task[None], task: Task, attempt: int) -> tuple[Task, int] | None:
         fn, args, kwargs = task.fn, task.args, task.kwargs
         # Unlocked read: cancel() sets the state under the lock before it
-        # posts _interrupt to this thread. If we see RUNNING, the interrupt
+        # posts interrupt() to this thread. If we see RUNNING, the interrupt
         # (if any) runs after we set ``runner`` below, and cancels the
         # handler; if not, the handler never starts.
         if fn is None or task.state is not RUNNING or task.attempt != attempt:
@@ -208,12 +229,10 @@ class Runner:
         value: Any = None
         error: BaseException | None = None
         task.runner = me
+        if task.timeout is not None:
+            self._sched.arm_timeout(task, attempt, self._timed_out)
         try:
-            if task.timeout is None:
-                value = await (fn(*args, **kwargs) if kwargs else fn(*args))
-            else:
-                async with asyncio.timeout(task.timeout):
-                    value = await (fn(*args, **kwargs) if kwargs else fn(*args))
+            value = await (fn(*args, **kwargs) if kwargs else fn(*args))
             ok = True
         except asyncio.CancelledError as exc:
             if task.runner is me and me.cancelling():
@@ -227,8 +246,12 @@ class Runner:
             error = exc
         interrupted = task.runner is None
         task.runner = None
+        if interrupted and task.state is RUNNING and task.attempt == attempt:
+            # Interrupted, yet neither cancelled nor expired: the deadline's
+            # cancel. Whatever the handler did with it, the attempt timed out.
+            ok, value, error = False, None, _timeout_error(task, attempt)
         claim = self._sched.finish(task, attempt, ok, value, error, on_loop=True)
-        # _interrupt cleared ``runner`` and cancelled us once: take that
+        # interrupt() cleared ``runner`` and cancelled us once: take that
         # request back so the next handler starts with a clean slate, unless
         # someone else cancelled the worker too.
         if interrupted and me.uncancel():
@@ -252,6 +275,13 @@ class Runner:
         for worker in stuck:
             worker.cancel()
         return not stuck
+
+
+def _timeout_error(task: Task, attempt: int) -> TimeoutError:
+    return TimeoutError(
+        f"task {task.task_id!r} attempt {attempt} exceeded its timeout of {task.timeout} s"
+        + ("" if task.is_coro else " (a sync handler cannot be interrupted; its late result is discarded)")
+    )
 
 
 def _call_sync(task: Task, attempt: int) -> tuple[bool, Any, BaseException | None]:
