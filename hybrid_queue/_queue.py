@@ -80,8 +80,8 @@ class HybridQueue:
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hybrid_queue")
         self._runner = Runner(self._sched, self._executor)
         # The last handler submitted and whether it is a coroutine function.
-        self._last_fn: Callable[..., Any] | None = None
-        self._last_is_coro = False
+        # One attribute, written whole: threads submit concurrently.
+        self._last_kind: tuple[Callable[..., Any] | None, bool] = (None, False)
         # Lifecycle, changed only on the loop thread (or before any loop):
         # "new" -> "running" -> "stopping" -> "stopped".
         self._lifecycle = "new"
@@ -359,8 +359,9 @@ class HybridQueue:
     ) -> Task:
         # All argument checks, before anything changes. The usual case (same
         # handler as last time, default options) takes the short branches.
-        if fn is self._last_fn:
-            is_coro = self._last_is_coro
+        last_fn, last_is_coro = self._last_kind
+        if fn is last_fn:
+            is_coro = last_is_coro
         else:
             if inspect.iscoroutine(fn):
                 raise TypeError(
@@ -371,7 +372,7 @@ class HybridQueue:
                 raise TypeError(f"the handler must be callable, got {fn!r}")
             is_coro = is_coroutine_function(fn)
             # One entry: keeps only the latest handler alive.
-            self._last_fn, self._last_is_coro = fn, is_coro
+            self._last_kind = (fn, is_coro)
         if type(priority) is not int and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
         if task_id is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -56,9 +57,13 @@ class RetryPolicy:
 
     def get_delay(self, retry_count: int) -> float:
         """Seconds to wait before retry number ``retry_count + 1``."""
-        # Exponent capped so 2 ** n stays a float without overflow; past 2**1000
-        # every delay is max_delay anyway.
-        delay = min(self.base_delay * 2.0 ** min(retry_count, 1000), self.max_delay)
+        # ldexp is exact for any base (subnormal ones too) and overflows
+        # cleanly instead of losing the doubling.
+        try:
+            exponential = math.ldexp(self.base_delay, retry_count)
+        except OverflowError:
+            exponential = math.inf
+        delay = min(exponential, self.max_delay)
         if self.jitter:
             delay *= 1.0 - self.jitter * random.random()
         return delay

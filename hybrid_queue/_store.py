@@ -49,6 +49,9 @@ class ResultStore:
         ``__del__`` is user code.
         """
         entries = self._entries
+        # A reused id (its old result expired but not yet swept) must go to
+        # the back, or the expiry order would break.
+        entries.pop(result.task_id, None)
         entries[result.task_id] = (now + self.ttl, result)
         if len(entries) <= self.max_results:
             return _NONE

@@ -31,6 +31,9 @@ __all__ = ["Runner"]
 
 RUNNING = TaskStatus.RUNNING
 
+# How long close() waits for workers it had to cancel outright.
+_FORCED_UNWIND = 1.0
+
 
 class _Abandoned(Exception):
     """Placeholder outcome of an attempt that was cancelled or timed out before it started."""
@@ -272,9 +275,15 @@ class Runner:
         if not self._workers:
             return True
         _, stuck = await asyncio.wait(set(self._workers), timeout=grace)
+        if not stuck:
+            return True
+        # Cancel the worker itself: its handler gets one more CancelledError.
+        # Give them a moment to unwind, so that a handler that does is gone
+        # when shutdown returns; one that ignores every cancel cannot be ended.
         for worker in stuck:
             worker.cancel()
-        return not stuck
+        await asyncio.wait(stuck, timeout=_FORCED_UNWIND)
+        return False
 
 
 def _timeout_error(task: Task, attempt: int) -> TimeoutError:
