@@ -248,7 +248,7 @@ class HybridQueue:
         finally:
             if self._background is not None:
                 self._background.stop()
-                self._sched.set_loop_thread(None)
+                self._sched.unbind_thread()
 
     def __enter__(self) -> HybridQueue:
         self.start_background()
@@ -261,8 +261,6 @@ class HybridQueue:
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sched.bind(loop)
-        if self._sched.loop_thread is None:
-            self._sched.set_loop_thread(threading.get_ident())
 
     # ---------------------------------------------------------------- submitting
 
@@ -291,15 +289,16 @@ class HybridQueue:
         Raises QueueShutDown once shutdown began, DuplicateTaskError for a
         ``task_id`` in use, TypeError/ValueError for bad arguments. Loop thread.
         """
-        task = self._task(fn, args, kwargs, priority, task_id, max_retries, timeout)
-        task.handle = self._handle(task, "submit")
+        task = self._task("submit", fn, args, kwargs, priority, task_id, max_retries, timeout)
+        handle = task.handle = self._handle(task, "submit")
+        loop = handle.get_loop()
         while True:
             try:
-                self._sched.add(task)
+                self._sched.add(task, loop=loop)
             except QueueFull:
-                await self._sched.wait_for_room()
+                await self._sched.wait_for_room(loop)
             else:
-                return task.handle
+                return handle
 
     def submit_nowait(
         self,
@@ -313,10 +312,10 @@ class HybridQueue:
         **kwargs: Any,
     ) -> TaskHandle[Any]:
         """As ``submit``, but raise QueueFull instead of waiting for room. Loop thread."""
-        task = self._task(fn, args, kwargs, priority, task_id, max_retries, timeout)
-        task.handle = self._handle(task, "submit_nowait")
-        self._sched.add(task)
-        return task.handle
+        task = self._task("submit_nowait", fn, args, kwargs, priority, task_id, max_retries, timeout)
+        handle = task.handle = self._handle(task, "submit_nowait")
+        self._sched.add(task, loop=handle.get_loop())
+        return handle
 
     def submit_blocking(
         self,
@@ -335,20 +334,23 @@ class HybridQueue:
         except the queue's loop thread, where blocking would deadlock (there,
         use ``await submit()``); it may be called before the queue starts.
         """
-        if threading.get_ident() == self._sched.loop_thread:
+        running = asyncio.events._get_running_loop()
+        if running is not None and (self._sched.loop is None or running is self._sched.loop):
             raise RuntimeError(
                 "submit_blocking() was called on the queue's event loop thread, where blocking "
                 "would deadlock; use `await queue.submit(...)` there"
             )
-        task = self._task(fn, args, kwargs, priority, task_id, max_retries, timeout)
+        task = self._task("submit_blocking", fn, args, kwargs, priority, task_id, max_retries, timeout)
         future: TaskFuture[Any] = TaskFuture(self)
         task.cfuture = future
-        self._sched.add(task, block=True)
+        # On the thread of some other event loop, never block it: QueueFull instead.
+        self._sched.add(task, block=running is None)
         future.task_id = task.task_id
         return future
 
     def _task(
         self,
+        method: str,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -365,8 +367,8 @@ class HybridQueue:
         else:
             if inspect.iscoroutine(fn):
                 raise TypeError(
-                    "submit() got a coroutine object; pass the async function and its arguments "
-                    "instead: submit(fetch, url), not submit(fetch(url))"
+                    f"{method}() got a coroutine object; pass the async function and its arguments "
+                    f"instead: {method}(fetch, url), not {method}(fetch(url))"
                 )
             if not callable(fn):
                 raise TypeError(f"the handler must be callable, got {fn!r}")
@@ -382,6 +384,8 @@ class HybridQueue:
                 raise TypeError(f"task_id must be hashable, got {task_id!r}") from None
             if task_id == "":
                 raise ValueError("task_id must not be empty; pass a non-empty id, or None for a generated one")
+            if task_id != task_id:
+                raise ValueError(f"task_id must equal itself to be found again, got {task_id!r}")
         if max_retries is None:
             max_retries = self._policy.max_retries
         else:
@@ -398,27 +402,13 @@ class HybridQueue:
         )
 
     def _handle(self, task: Task, method: str) -> TaskHandle[Any]:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = self._loop_call(method)  # raises the helpful error
-        if loop is not self._sched.loop:
-            self._bind(loop)
+        loop = asyncio.events._get_running_loop()
+        if loop is None:
+            raise _no_loop(method)
         handle: TaskHandle[Any] = TaskHandle(loop=loop)
         handle.task_id = task.task_id
         handle._queue_ref = self
         return handle
-
-    def _loop_call(self, method: str) -> asyncio.AbstractEventLoop:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                f"{method}() must be called from a coroutine on the queue's event loop; "
-                "from plain threads use submit_blocking()"
-            ) from None
-        self._bind(loop)
-        return loop
 
     # ------------------------------------------------------------------ results
 
@@ -430,8 +420,10 @@ class HybridQueue:
         Loop thread.
         """
         timeout = check_timeout("timeout", timeout)
-        self._loop_call("get_result")
-        found = self._sched.result_or_waiter(task_id)
+        loop = asyncio.events._get_running_loop()
+        if loop is None:
+            raise _no_loop("get_result")
+        found = self._sched.result_or_waiter(task_id, loop)
         if isinstance(found, TaskResult):
             return found
         try:
@@ -466,6 +458,13 @@ class HybridQueue:
     def stats(self) -> QueueStats:
         """A consistent snapshot of the counters. Any thread."""
         return self._sched.stats()
+
+
+def _no_loop(method: str) -> RuntimeError:
+    return RuntimeError(
+        f"{method}() must be called from a coroutine on the queue's event loop; "
+        "from plain threads use submit_blocking()"
+    )
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -35,8 +35,9 @@ class RetryPolicy:
         check_max_retries(self.max_retries)
         check_delay("base_delay", self.base_delay)
         check_delay("max_delay", self.max_delay)
-        jitter = check_delay("jitter", self.jitter)
-        if jitter > 1:
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)):
+            raise TypeError(f"jitter must be a fraction between 0 and 1, got {self.jitter!r}")
+        if not 0.0 <= self.jitter <= 1.0:  # NaN fails this too
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
         retry_on = self.retry_on
         if isinstance(retry_on, type):

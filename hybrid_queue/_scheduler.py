@@ -110,21 +110,33 @@ class Scheduler:
     # ------------------------------------------------------------------ loop
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Attach the event loop that owns handles, timers and coroutine handlers."""
+        """Attach the event loop that owns handles, timers and coroutine handlers.
+
+        Called on that loop's thread. Raises RuntimeError for another loop.
+        """
         if self.loop is loop:  # set once, never changed: no lock needed to see it
             return
         with self.lock:
-            if self.loop is None:
-                self.loop = loop
-                self._bridge = LoopBridge(loop)
-            elif self.loop is not loop:
-                raise RuntimeError(
-                    "this HybridQueue is bound to another event loop; use it only from the loop it was started on"
-                )
+            self._bind_locked(loop)
 
-    def set_loop_thread(self, ident: int | None) -> None:
-        """Record which thread runs the loop (None once it stopped)."""
-        self.loop_thread = ident
+    def _bind_locked(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        # Binding happens only in a call that goes on to succeed (under the
+        # same hold as its change), so a refused call never ties the queue
+        # to a passing loop.
+        if loop is None or self.loop is loop:
+            return
+        if self.loop is not None:
+            raise RuntimeError(
+                "this HybridQueue is bound to another event loop; use it only from the loop it was "
+                "started on (from other threads, use submit_blocking())"
+            )
+        self.loop = loop
+        self.loop_thread = threading.get_ident()
+        self._bridge = LoopBridge(loop)
+
+    def unbind_thread(self) -> None:
+        """Forget the loop thread once the loop stopped for good."""
+        self.loop_thread = None
 
     def on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop: now if this is the loop thread, else soon."""
@@ -144,12 +156,14 @@ class Scheduler:
 
     # ------------------------------------------------------------- submitting
 
-    def add(self, task: Task, *, block: bool = False) -> None:
+    def add(self, task: Task, *, block: bool = False, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Accept ``task`` into the heap, or raise without changing anything.
 
         Raises QueueShutDown, DuplicateTaskError, or QueueFull (when the heap
         is at ``max_queue_size`` and ``block`` is false; with ``block`` the
-        calling thread waits for room, so never pass it on the loop thread).
+        calling thread waits for room, so never pass it on a loop thread).
+        ``loop``: the caller's running loop, which its handle belongs to; the
+        queue binds to it if it has no loop yet.
         """
         with self.lock:
             while True:
@@ -164,15 +178,18 @@ class Scheduler:
                 if not self.max_queue_size or len(self._heap) < self.max_queue_size:
                     break
                 if not block:
+                    n = self.max_queue_size
                     raise QueueFull(
-                        f"the queue holds its maximum of {self.max_queue_size} pending tasks; "
-                        "await submit() to wait for room, or raise max_queue_size"
+                        f"the queue holds its maximum of {n} pending task{'s' if n != 1 else ''}; "
+                        "await submit() on the queue's loop, or submit_blocking() from a thread "
+                        "without an event loop, to wait for room, or raise max_queue_size"
                     )
                 self._thread_putters += 1
                 try:
                     self._room.wait()
                 finally:
                     self._thread_putters -= 1
+            self._bind_locked(loop)
             if task_id is None:
                 task_id = next(self._auto_ids)
                 # Generated ids are new ints; only an id chosen by a caller,
@@ -191,13 +208,16 @@ class Scheduler:
         if claimed:
             self.launch(claimed)
 
-    async def wait_for_room(self) -> None:
-        """Return once the heap is below its bound or the queue stopped accepting. Loop only."""
-        assert self.loop is not None
+    async def wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Return once the heap is below its bound or the queue stopped accepting.
+
+        On ``loop``, the caller's, which the queue binds to if it has none.
+        """
         with self.lock:
             if not self._accepting or len(self._heap) < self.max_queue_size:
                 return
-            waiter = self.loop.create_future()
+            self._bind_locked(loop)  # the wake-up comes through the bound loop
+            waiter = loop.create_future()
             self._loop_putters.append(waiter)
         try:
             await waiter
@@ -208,7 +228,7 @@ class Scheduler:
 
     def _check_accepting_locked(self) -> None:
         if not self._accepting:
-            raise QueueShutDown("the queue is shutting down and accepts no new tasks; submit to a new queue")
+            raise QueueShutDown("the queue has begun shutting down and accepts no new tasks; submit to a new queue")
 
     def _room_freed_locked(self, n: int) -> None:
         if self._thread_putters:
@@ -603,17 +623,21 @@ class Scheduler:
             raise _unknown(task_id)
         return result.status
 
-    def result_or_waiter(self, task_id: Hashable) -> TaskResult[Any] | asyncio.Future[TaskResult[Any]]:
-        """The stored result, or a loop future that the result will resolve. Loop only."""
-        assert self.loop is not None
+    def result_or_waiter(
+        self, task_id: Hashable, loop: asyncio.AbstractEventLoop
+    ) -> TaskResult[Any] | asyncio.Future[TaskResult[Any]]:
+        """The stored result, or a future on ``loop`` (the caller's) that the result will resolve."""
         with self.lock:
+            if self.loop is not None:
+                self._bind_locked(loop)  # raises on a loop that is not the queue's
             task = self._live.get(task_id)
             if task is None:
                 result = self._store.get(task_id, self.clock())
                 if result is None:
                     raise _unknown(task_id)
                 return result
-            waiter: asyncio.Future[TaskResult[Any]] = self.loop.create_future()
+            self._bind_locked(loop)  # waiting needs the loop that results are delivered on
+            waiter: asyncio.Future[TaskResult[Any]] = loop.create_future()
             if task.waiters is None:
                 task.waiters = []
             task.waiters.append(waiter)
