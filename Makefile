@@ -21,7 +21,7 @@ $(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-LINTED := hybrid_queue
+LINTED := hybrid_queue tests
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check $(LINTED)

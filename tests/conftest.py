@@ -13,6 +13,17 @@ import pytest
 from hybrid_queue import HybridQueue
 
 
+async def wait_until(predicate: Callable[[], bool], bound: float = 5.0) -> None:
+    """Poll ``predicate`` for at most ``bound`` seconds.
+
+    For states nothing can be awaited on (stats, statuses, result expiry);
+    a test that can wait on an Event or a future does that instead.
+    """
+    async with asyncio.timeout(bound):
+        while not predicate():  # noqa: ASYNC110 - no event exists for these states
+            await asyncio.sleep(0.002)
+
+
 def _queue_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("hybrid_queue")}
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import itertools
 import threading
 
 import pytest
+from conftest import wait_until
 
 from hybrid_queue import (
     HybridQueue,
@@ -236,7 +238,7 @@ async def test_retry_delays_follow_capped_exponential_backoff(make_queue):
 
     with pytest.raises(ValueError):
         await (await q.submit(fail))
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     expected = [0.01, 0.02, 0.03, 0.03]
     assert len(gaps) == 4
     # Lower bounds only: the delay is really waited; how much longer is the machine's business.
@@ -399,8 +401,7 @@ async def test_cancel_task_waiting_for_retry(make_queue):
         raise ValueError("x")
 
     h = await q.submit(fail)
-    while q.status(h.task_id) is not TaskStatus.RETRY_WAIT:
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: q.status(h.task_id) is TaskStatus.RETRY_WAIT)
     assert q.stats().retrying == 1
     assert q.cancel_task(h.task_id)
     assert h.cancelled()
@@ -573,11 +574,9 @@ async def test_results_expire_by_ttl_without_anyone_reading(make_queue):
     handles = [await q.submit(abs, -i) for i in range(10)]
     await asyncio.gather(*handles)
     assert q.stats().results_stored == 10
-    async with asyncio.timeout(5):
-        while q.stats().results_stored:
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: not q.stats().results_stored)
     assert q.stats().results_expired == 10
-    with pytest.raises(UnknownTaskError, match="never submitted, or its result expired"):
+    with pytest.raises(UnknownTaskError, match=r"never submitted, or its result expired"):
         await q.get_result(handles[0].task_id)
 
 
@@ -604,9 +603,7 @@ async def test_traced_memory_returns_to_baseline_after_10000_tasks(make_queue):
         handles = [await q.submit(noop, i) for i in range(10_000)]
         await asyncio.gather(*handles)
         del handles
-        async with asyncio.timeout(10):
-            while q.stats().results_stored:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: not q.stats().results_stored, bound=10)
 
     await run_batch()  # warm every cache and free-list once
     gc.collect()
@@ -661,8 +658,7 @@ async def test_unawaited_failures_make_no_noise(make_queue):
         for _ in range(5):
             await q.submit(fail)
             q.submit_nowait(fail)
-        while q.stats().failed < 10:
-            await asyncio.sleep(0.001)
+        await wait_until(lambda: q.stats().failed == 10)
         gc.collect()
         await asyncio.sleep(0)
     finally:
@@ -696,7 +692,7 @@ async def test_get_result_waits_then_times_out(make_queue):
         return "done"
 
     h = await q.submit(gated, task_id="job-1")
-    with pytest.raises(TimeoutError, match="^task 'job-1' did not finish within 0.01 s$"):
+    with pytest.raises(TimeoutError, match=r"^task 'job-1' did not finish within 0\.01 s$"):
         await q.get_result("job-1", timeout=0.01)
     waiter = asyncio.create_task(q.get_result("job-1"))
     await asyncio.sleep(0)
@@ -978,9 +974,7 @@ async def test_idle_queue_schedules_nothing(make_queue):
     handles = [await q.submit(asyncio.sleep, 0) for _ in range(20)]
     handles += [await q.submit(abs, -i) for i in range(20)]
     await asyncio.gather(*handles)
-    async with asyncio.timeout(5):
-        while q.stats().results_stored:
-            await asyncio.sleep(0.005)
+    await wait_until(lambda: not q.stats().results_stored)
     for _ in range(3):
         await asyncio.sleep(0)
     # Nothing wakes an idle queue: no timer (the expiry chain stopped with the
