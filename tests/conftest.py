@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -11,6 +13,31 @@ from typing import Any
 import pytest
 
 from hybrid_queue import HybridQueue
+
+
+class Figures:
+    """Counts that the reliability report quotes (tasks pushed, examples run, ...).
+
+    Tests add to it; with HQ_FIGURES=path set, the session writes the totals
+    there as JSON (``make reliability`` does, then renders RELIABILITY.md).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.totals: dict[str, int] = {}
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self.totals[name] = self.totals.get(name, 0) + amount
+
+
+_FIGURES = Figures()
+
+
+@pytest.fixture(scope="session")
+def figures() -> Figures:
+    """The session's Figures."""
+    return _FIGURES
 
 
 async def wait_until(predicate: Callable[[], bool], bound: float = 5.0) -> None:
@@ -40,6 +67,7 @@ def no_leaked_threads() -> Iterator[None]:
         time.sleep(0.01)
         leaked = {t for t in leaked if t.is_alive()}
     assert not leaked, f"threads left running: {sorted(t.name for t in leaked)}"
+    _FIGURES.add("tests_checked_for_leaked_threads")
 
 
 @pytest.fixture
@@ -62,3 +90,11 @@ async def make_queue() -> AsyncIterator[Callable[..., Any]]:
         await q.shutdown(wait=False)
     leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("hybrid_queue")]
     assert not leftover, f"queue tasks left behind: {leftover}"
+    _FIGURES.add("tests_checked_for_leaked_asyncio_tasks")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = os.environ.get("HQ_FIGURES")
+    if path:
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(_FIGURES.totals, out, indent=2, sort_keys=True)

@@ -591,7 +591,7 @@ async def test_max_results_evicts_oldest(make_queue):
     assert (await q.get_result(handles[4].task_id)).result == 4
 
 
-async def test_traced_memory_returns_to_baseline_after_10000_tasks(make_queue):
+async def test_traced_memory_returns_to_baseline_after_10000_tasks(make_queue, figures):
     import tracemalloc
 
     q = await make_queue(8, result_ttl=0.05)
@@ -616,6 +616,7 @@ async def test_traced_memory_returns_to_baseline_after_10000_tasks(make_queue):
     finally:
         tracemalloc.stop()
     assert after - baseline < 64 * 1024, f"{after - baseline} bytes left after 10,000 tasks"
+    figures.add("tracemalloc_bytes_left_after_10000_tasks", after - baseline)
 
 
 async def test_shutdown_cancels_internal_tasks_and_owned_executor():

@@ -1,0 +1,62 @@
+"""The benchmark suite runs end to end in quick mode; its exactly-once checks pass and fail loudly.
+
+Timings are never asserted: in quick mode they mean nothing. Skipped when
+the `bench` extra (uvloop, aiojobs, psutil, matplotlib, tqdm) is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+for _name in ("aiojobs", "matplotlib", "psutil", "tqdm", "uvloop"):
+    pytest.importorskip(_name, reason="the benchmarks need the `bench` extra: pip install -e '.[bench]'")
+
+# `benchmarks` is a top-level package beside `hybrid_queue`, not installed:
+# make it importable however pytest was started.
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from benchmarks import CheckFailed  # noqa: E402
+from benchmarks.__main__ import GROUPS, main  # noqa: E402
+from benchmarks._harness import Tally  # noqa: E402
+
+
+@pytest.mark.timeout(120)
+def test_quick_run_checks_every_contender_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--quick", "--loop", "asyncio", "--no-progress", "--out", str(tmp_path)]) == 0
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"]["groups"] == list(GROUPS)
+    assert results["settings"]["loops"] == ["asyncio"]
+    # Each throughput contender ran its one round and passed the exactly-once check.
+    for group in ("coroutine", "sync", "workers"):
+        rows = results["throughput"][group]["asyncio"]
+        assert rows, group
+        assert all(row["checked_rounds"] == 1 for row in rows), group
+    assert {row["depth"] for row in results["depth"]["asyncio"]} == set(results["settings"]["depths"])
+    assert all(row["probes"] == results["settings"]["probes"] for row in results["latency"]["asyncio"])
+    assert len(results["footprint"]) == 3
+    assert results["soak"]["tasks"] == results["settings"]["soak_tasks"]
+    assert results["targets"], "no target was evaluated"
+    for png in ("coroutine", "sync", "workers", "depth", "latency", "soak"):
+        assert (tmp_path / f"{png}.png").stat().st_size > 0, png
+    assert "== targets" in capsys.readouterr().out
+
+
+def test_tally_fails_loudly_on_a_lost_and_a_doubled_task() -> None:
+    tally = Tally(3)
+    tally.hits[0] = 2  # task 0 ran twice, task 1 once, task 2 never: the total is still 3
+    tally.hits[1] = 1
+    with pytest.raises(CheckFailed, match=r"^who: of 3 tasks, 1 never ran and 1 ran more than once$"):
+        tally.check("who")
+
+
+def test_tally_passes_when_every_task_ran_once() -> None:
+    tally = Tally(2)
+    tally.hits[0] = tally.hits[1] = 1
+    tally.check("who")
