@@ -7,6 +7,7 @@ import concurrent.futures
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Hashable
 from types import TracebackType
 from typing import Any
@@ -80,12 +81,13 @@ class HybridQueue:
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hybrid_queue")
         self._runner = Runner(self._sched, self._executor)
         # The last handler submitted and whether it is a coroutine function.
-        # One attribute, written whole: threads submit concurrently.
-        self._last_kind: tuple[Callable[..., Any] | None, bool] = (None, False)
+        # One attribute, written whole: threads submit concurrently. A weak
+        # reference, so the cache never keeps a handler (or what it binds) alive.
+        self._last_kind: tuple[weakref.ref[Callable[..., Any]] | None, bool] = (None, False)
         # Lifecycle, changed only on the loop thread (or before any loop):
         # "new" -> "running" -> "stopping" -> "stopped".
         self._lifecycle = "new"
-        self._stopped: asyncio.Event | None = None
+        self._closing: asyncio.Task[None] | None = None  # the one shutdown, once begun
         self._background: LoopThread | None = None
 
     def __repr__(self) -> str:
@@ -115,7 +117,6 @@ class HybridQueue:
         if self._lifecycle != "new":
             raise RuntimeError("this HybridQueue was shut down and cannot restart; make a new HybridQueue")
         self._lifecycle = "running"
-        self._stopped = asyncio.Event()
         logger.debug("queue started with %d workers", self.workers)
         self._sched.start()
 
@@ -139,23 +140,27 @@ class HybridQueue:
         timeout = check_timeout("timeout", timeout)
         loop = asyncio.get_running_loop()
         self._bind(loop)
-        first = self._sched.stop_accepting()
+        self._sched.stop_accepting()
         if not wait or cancel_pending or self._lifecycle == "new":
             # A queue that never started cannot drain: nothing would run.
             self._cancel(TaskStatus.PENDING, TaskStatus.RETRY_WAIT)
         if not wait:
             self._cancel()
-        if not first:
-            if self._stopped is not None:
-                await self._stopped.wait()
-            return
+        if self._closing is None:
+            self._closing = loop.create_task(self._close(wait, timeout), name="hybrid_queue-shutdown")
+        # Shielded: a caller that stops waiting (a timeout around this await)
+        # does not abandon the clean-up half-way, and every call waits for
+        # the same one.
+        await asyncio.shield(self._closing)
+
+    async def _close(self, wait: bool, timeout: float | None) -> None:
         if self._lifecycle == "new":
             self._lifecycle = "stopped"
             self._sched.close()
             await self._shutdown_executor(wait)
             return
         self._lifecycle = "stopping"
-        logger.debug("queue shutting down (wait=%s, cancel_pending=%s, timeout=%s)", wait, cancel_pending, timeout)
+        logger.debug("queue shutting down (wait=%s, timeout=%s)", wait, timeout)
         try:
             if wait:
                 try:
@@ -171,13 +176,10 @@ class HybridQueue:
             await self._shutdown_executor(wait and idle)
         finally:
             self._lifecycle = "stopped"
-            assert self._stopped is not None
-            self._stopped.set()
             logger.debug("queue stopped")
 
     def _cancel(self, *states: TaskStatus) -> None:
-        for task_id in self._sched.live_ids(*states):
-            self._sched.cancel(task_id)
+        self._sched.cancel_where(*states)
 
     async def _shutdown_executor(self, wait: bool) -> None:
         if not self._owns_executor:
@@ -232,6 +234,8 @@ class HybridQueue:
         Call from any thread but the queue's loop thread (there, ``await
         shutdown()``). Stops the background loop of ``start_background``.
         """
+        if self._lifecycle == "stopped":
+            return  # idempotent; the loop it ran on may be gone
         loop = self._sched.loop
         if loop is None:
             # Never bound to a loop: only submit_blocking tasks can be here; settle them on a loop of our own.
@@ -243,8 +247,12 @@ class HybridQueue:
             raise RuntimeError(
                 "shutdown_blocking() was called on the queue's event loop thread; use `await queue.shutdown()`"
             )
+        shutdown = self.shutdown(wait, cancel_pending, timeout)
         try:
-            asyncio.run_coroutine_threadsafe(self.shutdown(wait, cancel_pending, timeout), loop).result()
+            asyncio.run_coroutine_threadsafe(shutdown, loop).result()
+        except RuntimeError:
+            shutdown.close()  # the loop is closed: it never ran
+            raise
         finally:
             if self._background is not None:
                 self._background.stop()
@@ -361,8 +369,8 @@ class HybridQueue:
     ) -> Task:
         # All argument checks, before anything changes. The usual case (same
         # handler as last time, default options) takes the short branches.
-        last_fn, last_is_coro = self._last_kind
-        if fn is last_fn:
+        last_ref, last_is_coro = self._last_kind
+        if last_ref is not None and last_ref() is fn:
             is_coro = last_is_coro
         else:
             if inspect.iscoroutine(fn):
@@ -374,7 +382,10 @@ class HybridQueue:
                 raise TypeError(f"the handler must be callable, got {fn!r}")
             is_coro = is_coroutine_function(fn)
             # One entry: keeps only the latest handler alive.
-            self._last_kind = (fn, is_coro)
+            try:
+                self._last_kind = (weakref.ref(fn), is_coro)
+            except TypeError:  # not weakly referenceable (a builtin): not cached
+                self._last_kind = (None, False)
         if type(priority) is not int and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
         if task_id is not None:

@@ -24,7 +24,7 @@ from ._heap import PriorityHeap
 from ._retry import RetryPolicy
 from ._stats import QueueStats
 from ._store import ResultStore
-from ._task import Task, TaskResult, TaskStatus
+from ._task import Task, TaskHandle, TaskResult, TaskStatus
 
 __all__ = ["Scheduler"]
 
@@ -138,21 +138,31 @@ class Scheduler:
         """Forget the loop thread once the loop stopped for good."""
         self.loop_thread = None
 
-    def on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop: now if this is the loop thread, else soon."""
+    def on_loop(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` on the loop: now if this is the loop thread, else soon.
+
+        False if it can never run: no loop yet, or the loop is closed.
+        """
         if threading.get_ident() == self.loop_thread:
+            if self.loop is not None and self.loop.is_closed():
+                return False
             fn(*args)
+            return True
+        return self._bridge is not None and self._bridge.post(fn, *args)
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon, never inline. Any thread, no lock held."""
+        if threading.get_ident() == self.loop_thread:
+            assert self.loop is not None
+            if not self.loop.is_closed():
+                self.loop.call_soon(fn, *args)
         elif self._bridge is not None:
             self._bridge.post(fn, *args)
 
     def _defer_locked(self, fn: Callable[..., Any], *args: Any) -> None:
         # Under the lock, fn (which takes the lock) must not run inline even
         # on the loop thread: queue it behind the current callback instead.
-        if threading.get_ident() == self.loop_thread:
-            assert self.loop is not None
-            self.loop.call_soon(fn, *args)
-        elif self._bridge is not None:
-            self._bridge.post(fn, *args)
+        self.post(fn, *args)
 
     # ------------------------------------------------------------- submitting
 
@@ -165,48 +175,75 @@ class Scheduler:
         ``loop``: the caller's running loop, which its handle belongs to; the
         queue binds to it if it has no loop yet.
         """
+        refused = ""
         with self.lock:
             while True:
-                if not self._accepting:
-                    self._check_accepting_locked()  # raises
+                if not self._accepting or (self.loop is not None and self.loop.is_closed()):
+                    refused = "closed"
+                    break
                 task_id = task.task_id
                 if task_id is not None and (task_id in self._live or self._stored_locked(task_id)):
-                    raise DuplicateTaskError(
-                        f"task_id {task_id!r} is already in use by a live task or a stored "
-                        "result; pass a new task_id, or forget() the old result first"
-                    )
+                    refused = "duplicate"
+                    break
                 if not self.max_queue_size or len(self._heap) < self.max_queue_size:
                     break
                 if not block:
-                    n = self.max_queue_size
-                    raise QueueFull(
-                        f"the queue holds its maximum of {n} pending task{'s' if n != 1 else ''}; "
-                        "await submit() on the queue's loop, or submit_blocking() from a thread "
-                        "without an event loop, to wait for room, or raise max_queue_size"
-                    )
+                    refused = "full"
+                    break
                 self._thread_putters += 1
                 try:
                     self._room.wait()
                 finally:
                     self._thread_putters -= 1
-            self._bind_locked(loop)
-            if task_id is None:
-                task_id = next(self._auto_ids)
-                # Generated ids are new ints; only an id chosen by a caller,
-                # and not a str, can equal one still in use.
-                while self._chosen_ids and (task_id in self._live or task_id in self._store):
-                    task_id = next(self._auto_ids)
-                task.task_id = task_id
-                if task.handle is not None:
-                    task.handle.task_id = task_id
-            elif type(task_id) is not str:
-                self._chosen_ids = True
-            task.ticket = self._heap.push(task.priority, task)
-            self._live[task_id] = task
-            self._submitted += 1
-            claimed = self._claim_locked() if self._free and self._started else _NOTHING
+            claimed = _NOTHING if refused else self._accept_locked(task, loop)
+            dropped = self._take_dropped_locked() if self._dropped else None
+        del dropped
+        if refused:  # raised after the lock: a message's repr() is user code
+            raise self._refusal(refused, task.task_id)
         if claimed:
             self.launch(claimed)
+
+    def _refusal(self, why: str, task_id: Hashable) -> Exception:
+        if why == "closed":
+            if self._accepting:
+                return QueueShutDown(
+                    "the queue's event loop is closed (it ended without shutdown()); submit to a new queue"
+                )
+            return QueueShutDown("the queue has begun shutting down and accepts no new tasks; submit to a new queue")
+        if why == "duplicate":
+            return DuplicateTaskError(
+                f"task_id {task_id!r} is already in use by a live task or a stored "
+                "result; pass a new task_id, or forget() the old result first"
+            )
+        n = self.max_queue_size
+        return QueueFull(
+            f"the queue holds its maximum of {n} pending task{'s' if n != 1 else ''}; "
+            "await submit() on the queue's loop, or submit_blocking() from a thread "
+            "without an event loop, to wait for room, or raise max_queue_size"
+        )
+
+    def _accept_locked(self, task: Task, loop: asyncio.AbstractEventLoop | None) -> Claimed:
+        task_id = task.task_id
+        self._bind_locked(loop)
+        if task_id is None:
+            task_id = next(self._auto_ids)
+            # Generated ids are new ints; only an id chosen by a caller,
+            # and not a str, can equal one still in use.
+            while self._chosen_ids and (task_id in self._live or task_id in self._store):
+                task_id = next(self._auto_ids)
+            task.task_id = task_id
+            if task.handle is not None:
+                task.handle.task_id = task_id
+        else:
+            if type(task_id) is not str:
+                self._chosen_ids = True
+            if task_id in self._store:  # an old result of this id, expired but not yet swept
+                self._expired += 1
+                self._dropped.append(self._store.discard(task_id))
+        task.ticket = self._heap.push(task.priority, task)
+        self._live[task_id] = task
+        self._submitted += 1
+        return self._claim_locked() if self._free and self._started else _NOTHING
 
     async def wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
         """Return once the heap is below its bound or the queue stopped accepting.
@@ -225,10 +262,6 @@ class Scheduler:
             with self.lock:
                 if waiter in self._loop_putters:
                     self._loop_putters.remove(waiter)
-
-    def _check_accepting_locked(self) -> None:
-        if not self._accepting:
-            raise QueueShutDown("the queue has begun shutting down and accepts no new tasks; submit to a new queue")
 
     def _room_freed_locked(self, n: int) -> None:
         if self._thread_putters:
@@ -290,6 +323,7 @@ class Scheduler:
         *,
         retry: bool = True,
         on_loop: bool = False,
+        hand_over: bool = True,
     ) -> tuple[Task, int] | None:
         """Report the end of ``attempt`` by the holder of its slot. Any thread.
 
@@ -299,11 +333,15 @@ class Scheduler:
         the heap, which is returned for the caller to run or hand on, or is
         freed when there is none. ``on_loop``: the caller knows it runs on
         the loop thread, so results are handed over without a thread check.
+        ``hand_over=False``: the caller cannot start work where it is (an
+        executor's callback, maybe under that executor's own lock), so the
+        slot is freed and a claim is posted to the loop instead.
         """
         now = self.clock()
         result = None
         delay = -1.0
         timer = None
+        wake = more = False
         with self.lock:
             if task.attempt == attempt and task.state is RUNNING:
                 self._running -= 1
@@ -315,19 +353,19 @@ class Scheduler:
                     result = self._terminal_locked(task, CANCELLED, None, error, now)
                 else:
                     assert error is not None
-                    delay = self._fail_locked(task, error, now) if retry else -1.0
+                    delay = self._fail_locked(task, error) if retry else -1.0
                     if delay < 0:
                         result = self._terminal_locked(task, FAILED, None, error, now)
             nxt = None
-            if self._started and self._heap:
+            if hand_over and self._started and self._heap:
                 nxt = self._heap.pop()
                 nxt_attempt = self._begin_locked(nxt, now)
                 if self.max_queue_size:
                     self._room_freed_locked(1)
             else:
                 self._free += 1
-                if self._idle_waiters and not self._live and self._free == self.workers:
-                    self._defer_locked(self._wake_idle)
+                more = self._started and bool(self._heap)
+                wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
             dropped = self._take_dropped_locked() if self._dropped else None
         del dropped  # after the lock: see _take_dropped_locked
         if timer is not None:
@@ -335,8 +373,21 @@ class Scheduler:
         if result is not None:
             self.deliver(task, result, on_loop)
         elif delay >= 0:
+            _log_retry(task, error, delay)
             self.on_loop(self._arm_retry, task, attempt, delay)
+        if more:
+            self.post(self._claim_more)
+        if wake:
+            # After deliver(): shutdown must not return before the last result is handed over.
+            self.on_loop(self._wake_idle)
         return None if nxt is None else (nxt, nxt_attempt)
+
+    def _claim_more(self) -> None:
+        # Loop thread: fill slots that a hand_over=False finish freed.
+        with self.lock:
+            claimed = self._claim_locked()
+        if claimed:
+            self.launch(claimed)
 
     def arm_timeout(self, task: Task, attempt: int, callback: Callable[[Task, int], None]) -> None:
         """Call ``callback(task, attempt)`` after ``task.timeout`` unless the attempt ends first. Loop only."""
@@ -359,7 +410,7 @@ class Scheduler:
                 return
             task.timer = None
             self._running -= 1
-            delay = self._fail_locked(task, error, now)
+            delay = self._fail_locked(task, error)
             if delay < 0:
                 result = self._terminal_locked(task, FAILED, None, error, now)
             dropped = self._take_dropped_locked()
@@ -367,10 +418,13 @@ class Scheduler:
         if result is not None:
             self.deliver(task, result)
         else:
+            _log_retry(task, error, delay)
             self.on_loop(self._arm_retry, task, attempt, delay)
 
-    def _fail_locked(self, task: Task, error: BaseException, now: float) -> float:
-        # Returns the retry delay, or -1.0 when the failure is final.
+    def _fail_locked(self, task: Task, error: BaseException) -> float:
+        # Returns the retry delay, or -1.0 when the failure is final. The
+        # caller logs the retry after releasing the lock (logging runs
+        # handlers and filters: user code).
         if task.retry_count >= task.max_retries or not self.policy.is_retryable(error):
             return -1.0
         delay = self.policy.get_delay(task.retry_count)
@@ -378,15 +432,6 @@ class Scheduler:
         task.state = RETRY_WAIT
         self._retrying += 1
         self._retries += 1
-        logger.warning(
-            "task %r attempt %d failed with %r; retry %d of %d in %.3f s",
-            task.task_id,
-            task.attempt,
-            error,
-            task.retry_count,
-            task.max_retries,
-            delay,
-        )
         return delay
 
     def _arm_retry(self, task: Task, attempt: int, delay: float) -> None:
@@ -448,78 +493,121 @@ class Scheduler:
         return dropped
 
     def deliver(self, task: Task, result: TaskResult[Any], on_loop: bool = False) -> None:
-        """Hand a terminal result to whoever waits for it. No lock held; any thread."""
-        # Release the handler and its arguments here, outside the lock (see
-        # _take_dropped_locked). A slot holder copied them before starting.
+        """Hand a terminal result to whoever waits for it. No lock held; any thread.
+
+        Afterwards the record holds nothing of the caller's: handler,
+        arguments, handle and future are released here, outside the lock (a
+        finalizer is user code; see _take_dropped_locked). A slot holder
+        copied what it needed before it started.
+        """
         task.fn = None
         task.args = ()
         task.kwargs = None
-        if result.status is FAILED:
-            logger.warning("task %r failed after %d attempt(s): %r", task.task_id, task.attempt, result.error)
-        cfuture = task.cfuture
+        handle, task.handle = task.handle, None
+        cfuture, task.cfuture = task.cfuture, None
+        try:
+            if result.status is FAILED:
+                logger.warning("task %r failed after %d attempt(s): %r", task.task_id, task.attempt, result.error)
+        except Exception:  # a broken log filter or handler must not strand the result
+            pass
         if cfuture is not None:
-            _settle_cfuture(cfuture, result)
-        if task.handle is None and task.waiters is None:
+            cfuture._settle(result)
+        if handle is None and task.waiters is None:
             return
         if on_loop or threading.get_ident() == self.loop_thread:
-            self._settle_on_loop(task, result)
+            self._settle_on_loop(task, handle, result)
         elif self._bridge is not None:
-            self._bridge.post(self._settle_on_loop, task, result)
+            self._bridge.post(self._settle_on_loop, task, handle, result)
 
-    def _settle_on_loop(self, task: Task, result: TaskResult[Any]) -> None:
-        handle = task.handle
-        if handle is not None and not handle.done():
-            handle._settle(result)
-        # Waiters are added only while the task is live, under the lock; it
-        # is terminal now, so a None here stays None.
-        if task.waiters is None:
-            return
-        with self.lock:
-            waiters, task.waiters = task.waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(result)
+    def _settle_on_loop(self, task: Task, handle: TaskHandle[Any] | None, result: TaskResult[Any]) -> None:
+        try:
+            if handle is not None and not handle.done():
+                handle._settle(result)
+        finally:
+            # Waiters are added only while the task is live, under the lock;
+            # it is terminal now, so a None here stays None.
+            if task.waiters is not None:
+                with self.lock:
+                    waiters, task.waiters = task.waiters, None
+                for waiter in waiters or ():
+                    if not waiter.done():
+                        waiter.set_result(result)
 
     # -------------------------------------------------------------- cancelling
 
-    def cancel(self, task_id: Hashable) -> bool:
-        """Cancel a live task wherever it is; False if unknown or already finished."""
+    def cancel(self, task_id: Hashable, *, record: Task | None = None) -> bool:
+        """Cancel a live task wherever it is; False if unknown or already finished.
+
+        ``record``: cancel only if the live task with this id is that record
+        (an id may be reused once the old result is gone).
+        """
         now = self.clock()
         with self.lock:
             task = self._live.get(task_id)
-            if task is None:
+            if task is None or (record is not None and task is not record):
                 return False
             if task is self._interrupting and threading.get_ident() == self.loop_thread:
                 return False  # the echo of interrupt() through the task's own handle
-            state = task.state
-            timer = None
-            if state is PENDING:
-                self._heap.remove(task.ticket)
-                if self.max_queue_size:
-                    self._room_freed_locked(1)
-            elif state is RETRY_WAIT:
-                self._retrying -= 1
-            else:
-                self._running -= 1
-            # A retry timer, or the timeout of a running sync attempt.
-            timer, task.timer = task.timer, None
-            attempt = task.attempt
-            result = self._terminal_locked(task, CANCELLED, None, asyncio.CancelledError(), now)
-            if self._idle_waiters and not self._live and self._free == self.workers:
-                self._defer_locked(self._wake_idle)
+            cancelled = [self._cancel_locked(task, now)]
+            wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
             dropped = self._take_dropped_locked()
         del dropped
-        if timer is not None:
-            self.on_loop(timer.cancel)
-        if state is RUNNING:
-            self.on_loop(self.interrupt, task, attempt)
-        self.deliver(task, result)
+        self._after_cancel(cancelled, wake)
         return True
+
+    def cancel_where(self, *states: TaskStatus) -> int:
+        """Cancel every live task in one of ``states`` (all if none), in one hold of the lock.
+
+        One hold, so that no task can move on (a pending one start, say)
+        between being chosen and being cancelled. Returns how many.
+        """
+        now = self.clock()
+        with self.lock:
+            chosen = [t for t in self._live.values() if not states or t.state in states]
+            cancelled = [self._cancel_locked(t, now) for t in chosen]
+            wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
+            dropped = self._take_dropped_locked()
+        del dropped
+        self._after_cancel(cancelled, wake)
+        return len(cancelled)
+
+    def _cancel_locked(
+        self, task: Task, now: float
+    ) -> tuple[Task, TaskStatus, int, asyncio.TimerHandle | None, TaskResult[Any]]:
+        state = task.state
+        if state is PENDING:
+            self._heap.remove(task.ticket)
+            if self.max_queue_size:
+                self._room_freed_locked(1)
+        elif state is RETRY_WAIT:
+            self._retrying -= 1
+        else:
+            self._running -= 1
+        # A retry timer, or the timeout of a running attempt.
+        timer, task.timer = task.timer, None
+        result = self._terminal_locked(task, CANCELLED, None, asyncio.CancelledError(), now)
+        return task, state, task.attempt, timer, result
+
+    def _after_cancel(
+        self,
+        cancelled: list[tuple[Task, TaskStatus, int, asyncio.TimerHandle | None, TaskResult[Any]]],
+        wake: bool,
+    ) -> None:
+        for task, state, attempt, timer, result in cancelled:
+            if timer is not None:
+                self.on_loop(timer.cancel)
+            if state is RUNNING:
+                self.on_loop(self.interrupt, task, attempt)
+            self.deliver(task, result)
+        if wake:
+            self.on_loop(self._wake_idle)
 
     def interrupt(self, task: Task, attempt: int) -> None:
         """Cancel the handler running ``attempt`` of ``task``, if it still is. Loop only."""
-        # ``runner`` is set and cleared only on this thread, by the worker
-        # around its await of the handler, so it is current here.
+        # For a coroutine, ``runner`` is set and cleared on this thread only,
+        # by the worker around its await of the handler, so it is current
+        # here. For another executor's future it may be cleared meanwhile by
+        # the completion callback; cancelling a finished future is harmless.
         runner = task.runner
         if runner is not None and task.attempt == attempt:
             # Cleared first: the worker reads ``runner is None`` as "this
@@ -532,11 +620,6 @@ class Scheduler:
                 runner.cancel()
             finally:
                 self._interrupting = None
-
-    def live_ids(self, *states: TaskStatus) -> list[Hashable]:
-        """Ids of live tasks in any of ``states`` (all live tasks if none given)."""
-        with self.lock:
-            return [tid for tid, t in self._live.items() if not states or t.state in states]
 
     # ------------------------------------------------------------- shutting down
 
@@ -676,19 +759,16 @@ class Scheduler:
             )
 
 
-def _settle_cfuture(cfuture: concurrent.futures.Future[Any], result: TaskResult[Any]) -> None:
-    # The caller may cancel its future at any moment from any thread, so
-    # "not cancelled, then set" is a race; InvalidStateError is its loser.
-    try:
-        if result.status is COMPLETED:
-            cfuture.set_result(result.result)
-        elif result.status is FAILED:
-            assert result.error is not None
-            cfuture.set_exception(result.error)
-        else:
-            cfuture.cancel()
-    except concurrent.futures.InvalidStateError:
-        pass
+def _log_retry(task: Task, error: BaseException | None, delay: float) -> None:
+    logger.warning(
+        "task %r attempt %d failed with %r; retry %d of %d in %.3f s",
+        task.task_id,
+        task.attempt,
+        error,
+        task.retry_count,
+        task.max_retries,
+        delay,
+    )
 
 
 def _unknown(task_id: Hashable) -> UnknownTaskError:

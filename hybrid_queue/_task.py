@@ -113,8 +113,15 @@ class TaskHandle(asyncio.Future[T]):
         elif result.status is TaskStatus.CANCELLED:
             asyncio.Future.cancel(self)
         else:
-            assert result.error is not None
-            self.set_exception(result.error)
+            error = result.error
+            assert error is not None
+            if isinstance(error, StopIteration):
+                # A future cannot carry StopIteration (it would end the
+                # awaiting generator); wrap it as Python 3.12 does.
+                wrapped = RuntimeError(f"the handler raised {error!r}")
+                wrapped.__cause__ = error
+                error = wrapped
+            self.set_exception(error)
             # Retrieved or not, the failure is recorded elsewhere; no GC warning.
             self._log_traceback = False
 
@@ -139,19 +146,33 @@ class TaskFuture(concurrent.futures.Future[T]):
         self._queue_ref = queue
 
     def cancel(self) -> bool:
-        """Cancel the task; True if the future is (now) cancelled, False if it had finished."""
+        """Cancel the task; True if the future is (now) cancelled, False if it finished otherwise."""
         if not self.done():
+            # On success the queue settles this future (as cancelled) before
+            # cancel_task returns; on failure the task has ended some other
+            # way and its outcome is on its way here: do not overrule it.
             self._queue_ref.cancel_task(self.task_id)
-        cancelled = super().cancel()
-        if cancelled:
-            # A plain cancel() leaves the state CANCELLED, which wait() and
-            # as_completed() do not count as done: executors move it on when
-            # the work item is dequeued. No work item will, so move it here,
-            # under the future's own (reentrant) lock, exactly once.
-            with self._condition:
-                if self._state == concurrent.futures._base.CANCELLED:
-                    self.set_running_or_notify_cancel()
-        return cancelled
+        return self.cancelled()
+
+    def _settle(self, result: TaskResult[T]) -> None:
+        # Any thread, no queue lock held, once. The caller may cancel through
+        # the queue concurrently; the queue decides, and this mirrors it.
+        try:
+            if result.status is TaskStatus.COMPLETED:
+                self.set_result(result.result)  # type: ignore[arg-type]
+            elif result.status is TaskStatus.FAILED:
+                assert result.error is not None
+                self.set_exception(result.error)
+            elif super().cancel():
+                # A plain cancel() leaves the state CANCELLED, which wait()
+                # and as_completed() do not count as done: executors move it on
+                # when the work item is dequeued. No work item will, so move it
+                # here, under the future's own (reentrant) lock.
+                with self._condition:
+                    if self._state == concurrent.futures._base.CANCELLED:
+                        self.set_running_or_notify_cancel()
+        except concurrent.futures.InvalidStateError:
+            pass
 
 
 class Task:

@@ -62,5 +62,7 @@ def is_coroutine_function(fn: Callable[..., Any]) -> bool:
     """True for an async def function, a partial of one, or an object whose __call__ is one."""
     if inspect.iscoroutinefunction(fn):
         return True
+    if isinstance(fn, type):
+        return False  # calling a class makes an instance, whatever its __call__ is
     call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
     return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)

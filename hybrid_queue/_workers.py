@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import threading
 from collections import deque
@@ -69,9 +70,6 @@ class Runner:
             self._start(task, attempt)
 
     def _start(self, task: Task, attempt: int) -> None:
-        if task.is_coro:
-            self._sched.on_loop(self._start_coro, task, attempt)
-            return
         pending: deque[tuple[Task, int]] | None = getattr(self._local, "pending", None)
         if pending is not None:
             pending.append((task, attempt))
@@ -79,49 +77,60 @@ class Runner:
         self._local.pending = pending = deque([(task, attempt)])
         try:
             while pending:
-                task, attempt = pending.popleft()
-                claim = self._submit_sync(task, attempt)
+                claim = self._start_one(*pending.popleft())
                 if claim is not None:
-                    if claim[0].is_coro:
-                        self._sched.on_loop(self._start_coro, *claim)
-                    else:
-                        pending.append(claim)
+                    pending.append(claim)
         finally:
             self._local.pending = None
 
-    def _submit_sync(self, task: Task, attempt: int) -> tuple[Task, int] | None:
-        # Returns the next claim when the executor refuses the task.
-        if task.timeout is not None:
-            self._sched.on_loop(self._sched.arm_timeout, task, attempt, self._timed_out)
+    def _start_one(self, task: Task, attempt: int) -> tuple[Task, int] | None:
+        # Returns the next claim when this task could not start: its slot moves on.
+        if task.is_coro:
+            if self._sched.on_loop(self._start_coro, task, attempt):
+                return None
+            error = RuntimeError(
+                f"task {task.task_id!r} could not start: the queue's event loop is closed (it ended without shutdown())"
+            )
+            return self._sched.finish(task, attempt, False, None, error, retry=False)
         try:
             if self._inline:
                 chain = self._executor.submit(self._sync_chain, task, attempt)
-                # A pool shut down with cancel_futures=True drops the chain
-                # unrun: the task must still end, and its slot come back.
-                chain.add_done_callback(lambda f: self._chain_dropped(task, attempt) if f.cancelled() else None)
-                return None
-            fn, args, kwargs = task.fn, task.args, task.kwargs
-            if fn is None or task.state is not RUNNING or task.attempt != attempt:
-                return self._sched.finish(task, attempt, False, None, _ABANDONED)
-            future = self._executor.submit(fn, *args, **(kwargs or {}))
-        except RuntimeError as exc:
+            else:
+                fn, args, kwargs = task.fn, task.args, task.kwargs
+                if fn is None or task.state is not RUNNING or task.attempt != attempt:
+                    return self._sched.finish(task, attempt, False, None, _ABANDONED)
+                future = self._executor.submit(fn, *args, **(kwargs or {}))
+        except Exception as exc:  # shut down, broken, or rejecting these arguments
             error = RuntimeError(
-                f"the executor refused task {task.task_id!r} ({exc}); "
+                f"the executor refused task {task.task_id!r} ({exc!r}); "
                 "do not shut down an executor while a HybridQueue still uses it"
             )
+            error.__cause__ = exc
             return self._sched.finish(task, attempt, False, None, error, retry=False)
-        task.runner = future
-        future.add_done_callback(lambda f: self._foreign_done(task, attempt, f))
+        if task.timeout is not None:
+            self._sched.on_loop(self._sched.arm_timeout, task, attempt, self._timed_out)
+        if self._inline:
+            chain.add_done_callback(functools.partial(self._chain_done, task, attempt))
+        else:
+            task.runner = future
+            future.add_done_callback(functools.partial(self._foreign_done, task, attempt))
         return None
 
-    def _chain_dropped(self, task: Task, attempt: int) -> None:
+    def _chain_done(self, task: Task, attempt: int, chain: concurrent.futures.Future[None]) -> None:
+        # Whatever thread the executor completes its futures on, perhaps
+        # holding the executor's own lock (shutdown(cancel_futures=True) does):
+        # so never start work from here (hand_over=False).
+        if chain.cancelled():
+            why = "cancelled it before it ran (shut down with cancel_futures=True?)"
+        elif isinstance(chain.exception(), concurrent.futures.BrokenExecutor):
+            why = f"broke before running it ({chain.exception()!r})"
+        else:
+            return  # the chain ran; it reported every task it held
         error = RuntimeError(
-            f"the executor cancelled task {task.task_id!r} before it ran (shut down with "
-            "cancel_futures=True?); do not shut down an executor while a HybridQueue still uses it"
+            f"the executor {why}: task {task.task_id!r} failed; "
+            "do not shut down an executor while a HybridQueue still uses it"
         )
-        claim = self._sched.finish(task, attempt, False, None, error, retry=False)
-        if claim is not None:
-            self._start(*claim)
+        self._sched.finish(task, attempt, False, None, error, retry=False, hand_over=False)
 
     def _timed_out(self, task: Task, attempt: int) -> None:
         # Loop thread: an attempt outlived its timeout. A coroutine handler
@@ -158,17 +167,17 @@ class Runner:
                 sched.on_loop(sched.arm_timeout, claim[0], claim[1], self._timed_out)
 
     def _foreign_done(self, task: Task, attempt: int, future: concurrent.futures.Future[Any]) -> None:
-        # Whatever thread the executor completes futures on.
-        task.runner = None
+        # Whatever thread the executor completes futures on, perhaps under
+        # its own lock: report, and let the loop start what comes next.
+        if task.runner is future:  # not a later attempt's
+            task.runner = None
         error: BaseException | None
         if future.cancelled():
             ok, value, error = False, None, concurrent.futures.CancelledError()
         else:
             error = future.exception()
             ok, value = error is None, None if error is not None else future.result()
-        claim = self._sched.finish(task, attempt, ok, value, error)
-        if claim is not None:
-            self._start(*claim)
+        self._sched.finish(task, attempt, ok, value, error, hand_over=False)
 
     # -------------------------------------------------------- coroutine handlers
 
@@ -199,6 +208,7 @@ class Runner:
             else:
                 self._start(task, attempt)  # the slot goes with the sync task
             # A parked frame must not keep the last task (and its result) alive.
+            claim = None
             del task
             if self._closing:
                 return
@@ -215,7 +225,7 @@ class Runner:
     def _give_up(self, task: Task, attempt: int, exc: BaseException) -> None:
         # The worker is being cancelled from outside (the loop is closing)
         # while it holds a claim: the task ends CANCELLED, the slot moves on.
-        self._sched.cancel(task.task_id)
+        self._sched.cancel(task.task_id, record=task)
         claim = self._sched.finish(task, attempt, False, None, exc)
         if claim is not None:
             self.launch([claim])
@@ -247,8 +257,12 @@ class Runner:
             error = exc  # our interrupt, or the handler's own CancelledError
         except BaseException as exc:  # a worker survives whatever the handler raises
             error = exc
-        interrupted = task.runner is None
-        task.runner = None
+        # interrupt() clears ``runner`` before it cancels us. If another
+        # worker has set it since (the retry of an attempt we were slow to
+        # abandon), it is theirs: leave it.
+        interrupted = task.runner is not me
+        if not interrupted:
+            task.runner = None
         if interrupted and task.state is RUNNING and task.attempt == attempt:
             # Interrupted, yet neither cancelled nor expired: the deadline's
             # cancel. Whatever the handler did with it, the attempt timed out.
