@@ -1,0 +1,184 @@
+"""Regression tests for races and re-entrancy found in review, each named after what went wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+
+import pytest
+from conftest import wait_until
+
+from hybrid_queue import HybridQueue, QueueShutDown, RetryPolicy, TaskStatus
+
+
+def assert_identity(q: HybridQueue) -> None:
+    s = q.stats()
+    assert s.submitted == s.pending + s.running + s.retrying + s.completed + s.failed + s.cancelled, s
+
+
+async def test_log_filter_calling_the_queue_during_a_retry_does_not_deadlock(make_queue):
+    q = await make_queue(1, retry=RetryPolicy(max_retries=1, base_delay=0.001))
+    seen = []
+
+    class AddsStats(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(q.stats().retrying)  # takes the scheduler lock
+            return True
+
+    log_filter = AddsStats()
+    logger = logging.getLogger("hybrid_queue")
+    logger.addFilter(log_filter)
+    try:
+
+        def flaky():
+            raise ValueError("boom")
+
+        h = await q.submit(flaky)
+        async with asyncio.timeout(5):
+            with pytest.raises(ValueError):
+                await h
+    finally:
+        logger.removeFilter(log_filter)
+    assert seen  # the filter ran (retry warning and final failure), outside the lock
+
+
+async def test_pool_shut_down_with_cancel_futures_while_the_heap_is_not_empty_does_not_deadlock(make_queue):
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="user-pool") as pool:
+        q = await make_queue(2, executor=pool, retry=RetryPolicy(max_retries=0))
+        entered = threading.Event()
+        release = threading.Event()
+
+        def occupies():
+            entered.set()
+            release.wait(10)
+            return "first"
+
+        first = await q.submit(occupies)
+        queued = await q.submit(abs, -1)  # claimed, waits inside the pool
+        waiting = await q.submit(abs, -2)  # waits in the heap
+        await asyncio.to_thread(entered.wait, 5)
+        # Cancelling the queued chain runs our callback inside pool.shutdown();
+        # starting the next task from there would take the pool's lock again.
+        await asyncio.wait_for(asyncio.to_thread(pool.shutdown, wait=False, cancel_futures=True), 5)
+        release.set()
+        assert await asyncio.wait_for(first, 5) == "first"
+        for h in (queued, waiting):
+            with pytest.raises(RuntimeError, match="executor"):
+                await asyncio.wait_for(h, 5)
+        await wait_until(lambda: q.stats().busy_workers == 0)
+        assert_identity(q)
+
+
+async def test_slow_unwinding_timed_out_attempt_does_not_disarm_its_retry(make_queue):
+    q = await make_queue(2, retry=RetryPolicy(max_retries=1, base_delay=0.0))
+    attempts = 0
+
+    async def hangs_and_cleans_up_slowly():
+        nonlocal attempts
+        attempts += 1
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # asynchronous clean-up, longer than one loop step
+            raise
+
+    h = await q.submit(hangs_and_cleans_up_slowly, timeout=0.05)
+    async with asyncio.timeout(5):
+        with pytest.raises(TimeoutError):
+            await h
+    assert attempts == 2
+    # Both attempts were cancelled at their deadlines and have unwound.
+    await wait_until(lambda: q.stats().busy_workers == 0)
+    workers = [t for t in asyncio.all_tasks() if t.get_name() == "hybrid_queue-worker"]
+    assert all(t.cancelling() == 0 for t in workers)
+
+
+async def test_shutdown_cancelled_by_its_caller_still_completes_and_later_calls_wait_for_it():
+    q = HybridQueue(2)
+    await q.start()
+    release = asyncio.Event()
+
+    async def gated():
+        await release.wait()
+        return "done"
+
+    handles = [await q.submit(gated) for _ in range(2)]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.02):
+            await q.shutdown()
+    release.set()
+    await asyncio.wait_for(q.shutdown(), 5)
+    assert [h.result() for h in handles] == ["done", "done"]
+    assert q._executor._shutdown
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("hybrid_queue")]
+
+
+async def test_sync_handler_raising_stop_iteration_settles_its_handle(make_queue):
+    q = await make_queue(1, retry=RetryPolicy(max_retries=0))
+    h = await q.submit(next, iter(()))
+    with pytest.raises(RuntimeError, match="StopIteration") as info:
+        await asyncio.wait_for(h, 5)
+    assert isinstance(info.value.__cause__, StopIteration)
+    r = await q.get_result(h.task_id)
+    assert r.status is TaskStatus.FAILED and isinstance(r.error, StopIteration)
+
+
+class _RejectsKeywords(concurrent.futures.ThreadPoolExecutor):
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        raise ValueError("this executor takes no keyword arguments")
+
+
+async def test_executor_raising_on_submit_fails_the_task_and_frees_the_slot(make_queue):
+    with _RejectsKeywords(1) as pool:
+        q = await make_queue(1, executor=pool)
+        h = await q.submit(abs, -1)
+        with pytest.raises(RuntimeError, match="refused"):
+            await asyncio.wait_for(h, 5)
+        assert q.stats().busy_workers == 0
+        assert await (await q.submit(asyncio.sleep, 0, "coroutines still run")) == "coroutines still run"
+
+
+async def test_broken_pool_fails_the_task_and_frees_the_slot(make_queue):
+    def broken_initializer():
+        raise OSError("no device")
+
+    with concurrent.futures.ThreadPoolExecutor(1, initializer=broken_initializer) as pool:
+        q = await make_queue(1, executor=pool)
+        h = await q.submit(abs, -1)
+        with pytest.raises(RuntimeError, match="broke"):
+            await asyncio.wait_for(h, 5)
+        await wait_until(lambda: q.stats().busy_workers == 0)
+        assert_identity(q)
+
+
+def test_shutdown_blocking_twice_is_a_no_op():
+    with HybridQueue(1) as q:
+        assert q.submit_blocking(abs, -1).result(5) == 1
+    q.shutdown_blocking()  # the context manager already did; the loop is gone
+
+
+def test_queue_whose_loop_ended_without_shutdown_refuses_new_tasks():
+    q = HybridQueue(1)
+
+    async def use_and_forget() -> None:
+        await q.start()
+        await (await q.submit(asyncio.sleep, 0))
+
+    asyncio.run(use_and_forget())
+    with pytest.raises(QueueShutDown, match="event loop is closed"):
+        q.submit_blocking(abs, -1)
+    assert_identity(q)
+    q._executor.shutdown()
+
+
+async def test_class_with_async_call_is_a_sync_handler(make_queue):
+    class AsyncCallable:
+        async def __call__(self) -> int:
+            return 1
+
+    q = await make_queue(1)
+    instance = await (await q.submit(AsyncCallable))
+    assert isinstance(instance, AsyncCallable)
+    assert await (await q.submit(instance)) == 1  # an instance with async __call__ is a coroutine handler
