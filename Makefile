@@ -7,7 +7,7 @@ STAMP_TEST := $(VENV)/.stamp-test
 STAMP_BENCH := $(VENV)/.stamp-bench
 PYTEST_ARGS ?=
 
-.PHONY: test lint soak bench clean
+.PHONY: test lint soak reliability bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-LINTED := hybrid_queue tests benchmarks
+LINTED := hybrid_queue tests benchmarks tools
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check $(LINTED)
@@ -36,6 +36,11 @@ test: $(STAMP_TEST) lint
 
 soak: $(STAMP_TEST)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Runs the reliability suites and rewrites RELIABILITY.md from their counts
+# (SLOW=1 includes the long variants).
+reliability: $(STAMP_TEST)
+	$(BIN)/python tools/reliability.py $(if $(SLOW),--slow,)
 
 bench: $(STAMP_BENCH)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
