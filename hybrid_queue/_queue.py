@@ -234,26 +234,27 @@ class HybridQueue:
         Call from any thread but the queue's loop thread (there, ``await
         shutdown()``). Stops the background loop of ``start_background``.
         """
-        if self._lifecycle == "stopped":
-            return  # idempotent; the loop it ran on may be gone
         loop = self._sched.loop
-        if loop is None:
-            # Never bound to a loop: only submit_blocking tasks can be here; settle them on a loop of our own.
-            background = LoopThread()
-            background.start()
-            self._background = background
-            loop = background.loop
-        if threading.get_ident() == self._sched.loop_thread:
+        if threading.get_ident() == self._sched.loop_thread and loop is not None and not loop.is_closed():
             raise RuntimeError(
                 "shutdown_blocking() was called on the queue's event loop thread; use `await queue.shutdown()`"
             )
-        shutdown = self.shutdown(wait, cancel_pending, timeout)
         try:
-            asyncio.run_coroutine_threadsafe(shutdown, loop).result()
-        except RuntimeError:
-            shutdown.close()  # the loop is closed: it never ran
-            raise
+            if self._lifecycle != "stopped":  # idempotent; the loop it ran on may be gone
+                if loop is None:
+                    # Never bound to a loop: only submit_blocking tasks can be
+                    # here; settle them on a loop of our own.
+                    self._background = LoopThread()
+                    self._background.start()
+                    loop = self._background.loop
+                shutdown = self.shutdown(wait, cancel_pending, timeout)
+                try:
+                    asyncio.run_coroutine_threadsafe(shutdown, loop).result()
+                except RuntimeError:
+                    shutdown.close()  # the loop is closed: it never ran
+                    raise
         finally:
+            # Even if the queue was shut down by other means, stop our loop.
             if self._background is not None:
                 self._background.stop()
                 self._sched.unbind_thread()
