@@ -91,6 +91,18 @@ async def make_queue() -> AsyncIterator[Callable[..., Any]]:
     leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("hybrid_queue")]
     assert not leftover, f"queue tasks left behind: {leftover}"
     _FIGURES.add("tests_checked_for_leaked_asyncio_tasks")
+    # Timers (retry, timeout, result expiry) armed by a queue and still live.
+    # The default loop exposes its timer heap; other loops are not inspected.
+    scheduled = getattr(asyncio.get_running_loop(), "_scheduled", None)
+    if scheduled is not None:
+        timers = [h for h in scheduled if not h.cancelled() and _is_queue_callback(h)]
+        assert not timers, f"queue timers left armed: {timers}"
+        _FIGURES.add("tests_checked_for_leaked_timers")
+
+
+def _is_queue_callback(handle: asyncio.TimerHandle) -> bool:
+    owner = getattr(handle._callback, "__self__", None)
+    return type(owner).__module__.startswith("hybrid_queue")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
