@@ -5,11 +5,14 @@ thread, calls ``queue.submit_blocking(...)`` and gets a
 ``concurrent.futures.Future``. Both feed one priority heap.
 """
 
+from ._clock import Clock as Clock
 from ._errors import DuplicateTaskError as DuplicateTaskError
 from ._errors import QueueError as QueueError
 from ._errors import QueueFull as QueueFull
 from ._errors import QueueShutDown as QueueShutDown
 from ._errors import UnknownTaskError as UnknownTaskError
+from ._events import EventKind as EventKind
+from ._events import TaskEvent as TaskEvent
 from ._queue import HybridQueue as HybridQueue
 from ._retry import RetryPolicy as RetryPolicy
 from ._stats import QueueStats as QueueStats
@@ -21,13 +24,16 @@ from ._task import TaskStatus as TaskStatus
 __version__ = "0.1.0"
 
 __all__ = (
+    "Clock",
     "DuplicateTaskError",
+    "EventKind",
     "HybridQueue",
     "QueueError",
     "QueueFull",
     "QueueShutDown",
     "QueueStats",
     "RetryPolicy",
+    "TaskEvent",
     "TaskFuture",
     "TaskHandle",
     "TaskResult",

@@ -13,7 +13,9 @@ from types import TracebackType
 from typing import Any
 
 from ._background import LoopThread
+from ._clock import Clock
 from ._errors import QueueFull
+from ._events import TaskEvent
 from ._retry import RetryPolicy
 from ._scheduler import Scheduler
 from ._stats import QueueStats
@@ -59,6 +61,7 @@ class HybridQueue:
         result_ttl: float = 300.0,
         max_results: int = 10_000,
         executor: concurrent.futures.Executor | None = None,
+        clock: Clock | None = None,
     ) -> None:
         check_int("workers", workers, minimum=1)
         check_int("max_queue_size", max_queue_size, minimum=0)
@@ -70,12 +73,19 @@ class HybridQueue:
         if executor is not None and not isinstance(executor, concurrent.futures.Executor):
             raise TypeError(f"executor must be a concurrent.futures.Executor or None, got {executor!r}")
 
+        if clock is not None and not all(callable(getattr(clock, m, None)) for m in ("time", "call_later")):
+            raise TypeError(
+                f"clock must have time() and call_later(delay, callback, *args) methods "
+                f"(hybrid_queue.testing.FakeClock has), got {clock!r}"
+            )
+
         self._policy = retry if retry is not None else RetryPolicy()
         self._sched = Scheduler(
             workers=workers,
             max_queue_size=max_queue_size,
             policy=self._policy,
             store=ResultStore(ttl, max_results),
+            clock=clock,
         )
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hybrid_queue")
@@ -89,6 +99,9 @@ class HybridQueue:
         self._lifecycle = "new"
         self._closing: asyncio.Task[None] | None = None  # the one shutdown, once begun
         self._background: LoopThread | None = None
+        attach = getattr(clock, "_attach", None)
+        if attach is not None:  # a FakeClock: its sleep() waits for this queue to be quiet
+            attach(self)
 
     def __repr__(self) -> str:
         s = self.stats()
@@ -176,6 +189,8 @@ class HybridQueue:
             await self._shutdown_executor(wait and idle)
         finally:
             self._lifecycle = "stopped"
+            # Listeners hear the last events before shutdown returns.
+            self._sched.flush_events()
             logger.debug("queue stopped")
 
     def _cancel(self, *states: TaskStatus) -> None:
@@ -470,6 +485,30 @@ class HybridQueue:
     def stats(self) -> QueueStats:
         """A consistent snapshot of the counters. Any thread."""
         return self._sched.stats()
+
+    # ------------------------------------------------------------------- events
+
+    def add_listener(self, listener: Callable[[TaskEvent], object]) -> None:
+        """Call ``listener(event)`` with a :class:`TaskEvent` for every state change from now on.
+
+        Listeners run on the queue's event loop thread, in the order the
+        changes happened, shortly after them (events are handed over in
+        batches, at most one loop step late), and before ``shutdown`` returns.
+        A listener that raises is logged and stays registered; one that is
+        slow delays the loop, so hand heavy work on (to a thread, a queue).
+        Register from any thread; the same listener twice is called twice.
+        """
+        if not callable(listener):
+            raise TypeError(f"listener must be callable with one TaskEvent, got {listener!r}")
+        self._sched.add_listener(listener)
+
+    def remove_listener(self, listener: Callable[[TaskEvent], object]) -> None:
+        """Stop calling ``listener`` (once, if it was added twice). Any thread.
+
+        Raises ValueError if it is not registered.
+        """
+        if not self._sched.remove_listener(listener):
+            raise ValueError(f"{listener!r} is not a listener of this queue; add_listener() it first")
 
 
 def _no_loop(method: str) -> RuntimeError:

@@ -19,7 +19,9 @@ from itertools import count
 from typing import Any
 
 from ._bridge import LoopBridge
+from ._clock import Clock, TimerHandle
 from ._errors import DuplicateTaskError, QueueFull, QueueShutDown, UnknownTaskError
+from ._events import EventKind, TaskEvent
 from ._heap import PriorityHeap
 from ._retry import RetryPolicy
 from ._stats import QueueStats
@@ -41,6 +43,7 @@ Claimed = list[tuple[Task, int]]
 _new_tuple = tuple.__new__
 _CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _NOTHING: Claimed = []
+_EVENT_OF = {COMPLETED: EventKind.COMPLETED, FAILED: EventKind.FAILED, CANCELLED: EventKind.CANCELLED}
 
 
 class Scheduler:
@@ -57,11 +60,14 @@ class Scheduler:
         max_queue_size: int,
         policy: RetryPolicy,
         store: ResultStore,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self.policy = policy
         self.workers = workers
-        self.clock = clock
+        # Time for timestamps, read on any thread; timers (retry, timeout,
+        # expiry) on the loop's own clock unless another clock was given.
+        self.clock: Callable[[], float] = time.monotonic if clock is None else clock.time
+        self._timers: Clock | None = clock
         self.max_queue_size = max_queue_size
         # Set by the queue before the first claim; called with no lock held.
         self.launch: Callable[[Claimed], None] = _unbound_launch
@@ -99,8 +105,14 @@ class Scheduler:
         # and the "wake already posted" flags are shared).
         self._loop_putters: list[asyncio.Future[None]] = []
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: TimerHandle | None = None
         self._expiry_armed = False
+        # Listeners, replaced whole (never mutated) so a reader needs no
+        # lock; events wait in _events, in the order of the changes, until
+        # one posted _flush_events hands them over on the loop.
+        self._listeners: tuple[Callable[[TaskEvent], object], ...] = ()
+        self._events: list[TaskEvent] = []
+        self._events_posted = False
 
         # Bound once, by bind(), before any claim; read-only afterwards.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -133,6 +145,9 @@ class Scheduler:
         self.loop = loop
         self.loop_thread = threading.get_ident()
         self._bridge = LoopBridge(loop)
+        if self._events and not self._events_posted:  # events from before there was a loop
+            self._events_posted = True
+            loop.call_soon(self.flush_events)
 
     def unbind_thread(self) -> None:
         """Forget the loop thread once the loop stopped for good."""
@@ -163,6 +178,66 @@ class Scheduler:
         # Under the lock, fn (which takes the lock) must not run inline even
         # on the loop thread: queue it behind the current callback instead.
         self.post(fn, *args)
+
+    def _call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        # Loop thread. On the queue's clock when it has its own, else the loop's.
+        if self._timers is not None:
+            return self._timers.call_later(delay, fn, *args)
+        assert self.loop is not None
+        return self.loop.call_later(delay, fn, *args)
+
+    # ------------------------------------------------------------------- events
+
+    def add_listener(self, listener: Callable[[TaskEvent], object]) -> None:
+        """Call ``listener(event)`` on the loop thread for every event from now on."""
+        with self.lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Callable[[TaskEvent], object]) -> bool:
+        """Stop calling ``listener``; False if it was not registered."""
+        with self.lock:
+            listeners = list(self._listeners)
+            if listener not in listeners:
+                return False
+            listeners.remove(listener)
+            self._listeners = tuple(listeners)
+            if not listeners:
+                self._events = []  # nobody left to hand them to
+            return True
+
+    def _emit_locked(
+        self,
+        kind: EventKind,
+        task_id: Any,
+        attempt: int,
+        now: float,
+        duration_ms: float | None = None,
+        error: BaseException | None = None,
+        delay: float | None = None,
+    ) -> None:
+        # Callers check self._listeners first: with none, an event costs nothing.
+        self._events.append(_new_tuple(TaskEvent, (kind, task_id, attempt, now, duration_ms, error, delay)))
+        if not self._events_posted and self.loop is not None:
+            # One flush per burst of events, like the bridge's drains.
+            self._events_posted = True
+            self._defer_locked(self.flush_events)
+
+    def flush_events(self) -> None:
+        """Hand every waiting event to the listeners, in order. Loop thread, no lock held.
+
+        A listener that raises is logged and the others still run: an
+        observer never breaks the queue.
+        """
+        with self.lock:
+            events, self._events = self._events, []
+            self._events_posted = False
+            listeners = self._listeners
+        for event in events:
+            for listener in listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    logger.exception("event listener %r raised on %r; it stays registered", listener, event)
 
     # ------------------------------------------------------------- submitting
 
@@ -240,9 +315,13 @@ class Scheduler:
             if task_id in self._store:  # an old result of this id, expired but not yet swept
                 self._expired += 1
                 self._dropped.append(self._store.discard(task_id))
+                if self._listeners:
+                    self._emit_locked(EventKind.EXPIRED, task_id, 0, self.clock())
         task.ticket = self._heap.push(task.priority, task)
         self._live[task_id] = task
         self._submitted += 1
+        if self._listeners:
+            self._emit_locked(EventKind.SUBMITTED, task_id, 0, self.clock())
         return self._claim_locked() if self._free and self._started else _NOTHING
 
     async def wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -308,7 +387,9 @@ class Scheduler:
         self._running += 1
         task.attempt += 1
         if task.attempt == 1:
-            task.started_at = self.clock() if now is None else now
+            task.started_at = now = self.clock() if now is None else now
+        if self._listeners:
+            self._emit_locked(EventKind.STARTED, task.task_id, task.attempt, self.clock() if now is None else now)
         return task.attempt
 
     # ---------------------------------------------------------------- finishing
@@ -353,7 +434,7 @@ class Scheduler:
                     result = self._terminal_locked(task, CANCELLED, None, error, now)
                 else:
                     assert error is not None
-                    delay = self._fail_locked(task, error) if retry else -1.0
+                    delay = self._fail_locked(task, error, now) if retry else -1.0
                     if delay < 0:
                         result = self._terminal_locked(task, FAILED, None, error, now)
             nxt = None
@@ -394,7 +475,7 @@ class Scheduler:
         assert self.loop is not None and task.timeout is not None
         with self.lock:
             if task.state is RUNNING and task.attempt == attempt:
-                task.timer = self.loop.call_later(task.timeout, callback, task, attempt)
+                task.timer = self._call_later(task.timeout, callback, task, attempt)
 
     def expire_attempt(self, task: Task, attempt: int, error: BaseException) -> None:
         """Fail a running attempt that outlived its timeout, keeping its slot held.
@@ -410,7 +491,7 @@ class Scheduler:
                 return
             task.timer = None
             self._running -= 1
-            delay = self._fail_locked(task, error)
+            delay = self._fail_locked(task, error, now)
             if delay < 0:
                 result = self._terminal_locked(task, FAILED, None, error, now)
             dropped = self._take_dropped_locked()
@@ -421,7 +502,7 @@ class Scheduler:
             _log_retry(task, error, delay)
             self.on_loop(self._arm_retry, task, attempt, delay)
 
-    def _fail_locked(self, task: Task, error: BaseException) -> float:
+    def _fail_locked(self, task: Task, error: BaseException, now: float) -> float:
         # Returns the retry delay, or -1.0 when the failure is final. The
         # caller logs the retry after releasing the lock (logging runs
         # handlers and filters: user code).
@@ -432,14 +513,15 @@ class Scheduler:
         task.state = RETRY_WAIT
         self._retrying += 1
         self._retries += 1
+        if self._listeners:
+            self._emit_locked(EventKind.RETRY_SCHEDULED, task.task_id, task.attempt, now, error=error, delay=delay)
         return delay
 
     def _arm_retry(self, task: Task, attempt: int, delay: float) -> None:
         # Loop thread. The timer is set under the lock so cancel() sees it.
-        assert self.loop is not None
         with self.lock:
             if task.state is RETRY_WAIT and task.attempt == attempt:
-                task.timer = self.loop.call_later(delay, self._requeue, task)
+                task.timer = self._call_later(delay, self._requeue, task)
 
     def _requeue(self, task: Task) -> None:
         # Loop thread: the retry delay is over.
@@ -475,10 +557,16 @@ class Scheduler:
         result: TaskResult[Any] = _new_tuple(
             TaskResult, (task.task_id, status, value, error, task.retry_count, duration)
         )
+        if self._listeners:
+            kind = _EVENT_OF[status]
+            self._emit_locked(kind, task.task_id, task.attempt, now, duration, error)
         evicted = self._store.add(result, now)
         if evicted:
             self._evicted += len(evicted)
             self._dropped.extend(evicted)
+            if self._listeners:
+                for old in evicted:
+                    self._emit_locked(EventKind.EVICTED, old.task_id, 0, now)
         if not self._expiry_armed and self._arm_expiry_locked():
             self._defer_locked(self._expire)
         return result
@@ -573,7 +661,7 @@ class Scheduler:
 
     def _cancel_locked(
         self, task: Task, now: float
-    ) -> tuple[Task, TaskStatus, int, asyncio.TimerHandle | None, TaskResult[Any]]:
+    ) -> tuple[Task, TaskStatus, int, TimerHandle | None, TaskResult[Any]]:
         state = task.state
         if state is PENDING:
             self._heap.remove(task.ticket)
@@ -590,7 +678,7 @@ class Scheduler:
 
     def _after_cancel(
         self,
-        cancelled: list[tuple[Task, TaskStatus, int, asyncio.TimerHandle | None, TaskResult[Any]]],
+        cancelled: list[tuple[Task, TaskStatus, int, TimerHandle | None, TaskResult[Any]]],
         wake: bool,
     ) -> None:
         for task, state, attempt, timer, result in cancelled:
@@ -681,19 +769,20 @@ class Scheduler:
 
     def _expire(self) -> None:
         # Loop thread: drop what is due and sleep until the next result is.
-        loop = self.loop
-        assert loop is not None
         with self.lock:
             now = self.clock()
             # Dropped when this method returns, after the lock (see _take_dropped_locked).
             expired = self._store.expire(now)
             self._expired += len(expired)
+            if self._listeners:
+                for old in expired:
+                    self._emit_locked(EventKind.EXPIRED, old.task_id, 0, now)
             due = self._store.next_expiry()
             if due is None or not self._started:
                 self._expiry_armed = False
                 self._expiry_timer = None
                 return
-            self._expiry_timer = loop.call_later(max(due - now, 0.0), self._expire)
+            self._expiry_timer = self._call_later(max(due - now, 0.0), self._expire)
 
     def status(self, task_id: Hashable) -> TaskStatus:
         """The task's current status; raises UnknownTaskError if not known."""
@@ -738,6 +827,18 @@ class Scheduler:
         with self.lock:
             dropped = self._store.discard(task_id)
         return dropped is not None  # its last reference goes here, after the lock
+
+    def quiet(self) -> bool:
+        """True when nothing runs or waits to run, and every retry waits on an armed timer.
+
+        What a fake clock waits for before it moves time on: until then, work
+        in flight may still arm a timer (a failure in a pool thread posts its
+        retry to the loop) that the move must not skip.
+        """
+        with self.lock:
+            if self._heap or self._free != self.workers:
+                return False
+            return all(t.timer is not None for t in self._live.values() if t.state is RETRY_WAIT)
 
     def stats(self) -> QueueStats:
         """A snapshot of every counter, taken atomically."""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
+    from ._clock import TimerHandle
     from ._queue import HybridQueue
 
 __all__ = ["TaskFuture", "TaskHandle", "TaskResult", "TaskStatus"]
@@ -237,4 +238,4 @@ class Task:
         # The asyncio task awaiting a coroutine handler, or the executor's
         # future of a sync one; set by the slot holder, used to interrupt it.
         self.runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: TimerHandle | None = None
