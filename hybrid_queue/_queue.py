@@ -8,9 +8,9 @@ import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple, overload
 
 from ._background import LoopThread
 from ._clock import Clock
@@ -25,6 +25,9 @@ from ._validate import check_int, check_max_retries, check_timeout, is_coroutine
 from ._workers import Runner
 
 __all__ = ["HybridQueue"]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 logger = logging.getLogger("hybrid_queue")
 
@@ -288,7 +291,35 @@ class HybridQueue:
 
     # ---------------------------------------------------------------- submitting
 
+    @overload
     async def submit(
+        self,
+        fn: Callable[[*Ts], Coroutine[Any, Any, T]],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        task_id: Hashable | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle[T]: ...
+
+    @overload
+    async def submit(
+        self,
+        fn: Callable[[*Ts], T],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        task_id: Hashable | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle[T]: ...
+
+    # The overloads are what callers are checked against; mypy cannot match
+    # their *Ts to this implementation's *args: Any.
+    async def submit(  # type: ignore[misc]
         self,
         fn: Callable[..., Any],
         /,
@@ -324,7 +355,35 @@ class HybridQueue:
             else:
                 return handle
 
+    @overload
     def submit_nowait(
+        self,
+        fn: Callable[[*Ts], Coroutine[Any, Any, T]],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        task_id: Hashable | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle[T]: ...
+
+    @overload
+    def submit_nowait(
+        self,
+        fn: Callable[[*Ts], T],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        task_id: Hashable | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle[T]: ...
+
+    # The overloads are what callers are checked against; mypy cannot match
+    # their *Ts to this implementation's *args: Any.
+    def submit_nowait(  # type: ignore[misc]
         self,
         fn: Callable[..., Any],
         /,
@@ -341,7 +400,35 @@ class HybridQueue:
         self._sched.add(task, loop=handle.get_loop())
         return handle
 
+    @overload
     def submit_blocking(
+        self,
+        fn: Callable[[*Ts], Coroutine[Any, Any, T]],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        task_id: Hashable | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskFuture[T]: ...
+
+    @overload
+    def submit_blocking(
+        self,
+        fn: Callable[[*Ts], T],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        task_id: Hashable | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskFuture[T]: ...
+
+    # The overloads are what callers are checked against; mypy cannot match
+    # their *Ts to this implementation's *args: Any.
+    def submit_blocking(  # type: ignore[misc]
         self,
         fn: Callable[..., Any],
         /,
