@@ -829,7 +829,7 @@ class Scheduler:
         return dropped is not None  # its last reference goes here, after the lock
 
     def quiet(self) -> bool:
-        """True when nothing runs or waits to run, and every retry waits on an armed timer.
+        """True when nothing runs or waits to run, and every retry and expiry waits on an armed timer.
 
         What a fake clock waits for before it moves time on: until then, work
         in flight may still arm a timer (a failure in a pool thread posts its
@@ -838,6 +838,8 @@ class Scheduler:
         with self.lock:
             if self._heap or self._free != self.workers:
                 return False
+            if self._expiry_armed and self._expiry_timer is None:
+                return False  # the first _expire of a chain is on its way to the loop
             return all(t.timer is not None for t in self._live.values() if t.state is RETRY_WAIT)
 
     def stats(self) -> QueueStats:

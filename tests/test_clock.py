@@ -150,3 +150,13 @@ async def test_unstarted_queue_does_not_hold_up_sleep():
     await q.start()
     assert await h == 1
     await q.shutdown()
+
+
+async def test_expiry_armed_just_before_sleep_is_not_skipped(make_queue):
+    # The expiry chain starts with a callback posted to the loop when the
+    # first result is stored; sleep() must wait for it to arm its timer.
+    clock = FakeClock()
+    q = await make_queue(1, clock=clock, result_ttl=3600.0)
+    assert await (await q.submit(abs, -1)) == 1
+    await clock.sleep(3600)
+    assert q.stats().results_expired == 1
