@@ -14,70 +14,87 @@ __all__ = ["PriorityHeap"]
 
 T = TypeVar("T")
 
-# Removed entries stay in the list until they reach the top or until they
+# Removed keys stay in the list until they reach the top or until they
 # outnumber the live ones by this factor (and this floor): then the list is
 # rebuilt, so memory stays proportional to what is really queued.
 _COMPACT_FACTOR = 1
 _COMPACT_FLOOR = 64
 
+# Keys order by priority, then by arrival: key = -priority * 2**64 + seq.
+# One int sorts as the tuple (-priority, seq) would, for any int priority,
+# while fewer than 2**64 items have been pushed.
+_SEQ_BITS = 64
+
 
 class PriorityHeap(Generic[T]):
-    """Max-priority heap with stable FIFO order inside one priority.
+    """Max-priority heap with stable FIFO order inside one priority; items must not be None.
 
-    Entries are ``(-priority, ticket, item)`` tuples; tickets come from one
-    counter, so two entries never compare their items. ``remove`` is O(1):
-    the ticket is marked and the entry skipped when it surfaces.
+    The list holds only int keys, each naming one push; ``_items`` maps the
+    key of every live entry to its item. Ints compare in C without calling
+    back into Python, are not tracked by the garbage collector (a tuple per
+    entry would be, and a deep queue would make every collection walk it),
+    and two entries never compare their items. ``remove`` is O(1): the key
+    leaves ``_items`` and is skipped when it surfaces in the list.
     """
 
-    __slots__ = ("_entries", "_removed", "_tickets")
+    __slots__ = ("_items", "_keys", "_seq")
 
     def __init__(self) -> None:
-        self._entries: list[tuple[int, int, T]] = []
-        self._removed: set[int] = set()
-        self._tickets = count()
+        self._keys: list[int] = []
+        self._items: dict[int, T] = {}
+        self._seq = count()
 
     def __len__(self) -> int:
         """Number of live (not removed) entries."""
-        return len(self._entries) - len(self._removed)
+        return len(self._items)
 
     def push(self, priority: int, item: T) -> int:
         """Add ``item``; return the ticket that ``remove`` takes."""
-        ticket = next(self._tickets)
-        heapq.heappush(self._entries, (-priority, ticket, item))
-        return ticket
+        key = (-priority << _SEQ_BITS) + next(self._seq)
+        heapq.heappush(self._keys, key)
+        self._items[key] = item
+        return key
 
     def pop(self) -> T:
         """Remove and return the live item of highest priority, oldest first.
 
         Raises ``IndexError`` when no live entry is left.
         """
-        entries = self._entries
-        removed = self._removed
-        while True:
-            _, ticket, item = heapq.heappop(entries)
-            if removed and ticket in removed:
-                removed.discard(ticket)
-                continue
-            return item
+        item = self.take()
+        if item is None:
+            raise IndexError("pop from an empty PriorityHeap")
+        return item
+
+    def take(self) -> T | None:
+        """As ``pop``, but None when no live entry is left: one call where ``len`` and ``pop`` take two."""
+        keys = self._keys
+        items = self._items
+        while keys:
+            item = items.pop(heapq.heappop(keys), None)
+            if item is not None:
+                if not items:
+                    # A dict never shrinks its table; an empty one is free to
+                    # replace, so a burst leaves no memory behind. Any keys
+                    # left are stale.
+                    self._items = {}
+                    self._keys = []
+                return item
+        return None
 
     def remove(self, ticket: int) -> None:
         """Drop the entry with ``ticket``; it must be live in this heap."""
-        self._removed.add(ticket)
-        removed = len(self._removed)
-        if removed > _COMPACT_FLOOR and removed > _COMPACT_FACTOR * (len(self._entries) - removed):
+        del self._items[ticket]
+        stale = len(self._keys) - len(self._items)
+        if stale > _COMPACT_FLOOR and stale > _COMPACT_FACTOR * len(self._items):
             self._compact()
 
     def drain(self) -> list[T]:
         """Remove and return every live item, highest priority first."""
-        items = []
-        while len(self):
-            items.append(self.pop())
-        self._entries.clear()
-        self._removed.clear()
+        items = [self._items[key] for key in sorted(self._items)]
+        self._keys.clear()
+        self._items.clear()
         return items
 
     def _compact(self) -> None:
-        removed = self._removed
-        self._entries = [e for e in self._entries if e[1] not in removed]
-        heapq.heapify(self._entries)
-        removed.clear()
+        # The live keys in ascending order already form a valid heap.
+        self._keys = sorted(self._items)

@@ -345,8 +345,10 @@ class HybridQueue:
         ``task_id`` in use, TypeError/ValueError for bad arguments. Loop thread.
         """
         task = self._task("submit", fn, args, kwargs, priority, task_id, max_retries, timeout)
-        handle = task.handle = self._handle(task, "submit")
-        loop = handle.get_loop()
+        loop = asyncio.events._get_running_loop()
+        if loop is None:
+            raise _no_loop("submit")
+        handle = task.handle = self._handle(task, loop)
         while True:
             try:
                 self._sched.add(task, loop=loop)
@@ -396,8 +398,11 @@ class HybridQueue:
     ) -> TaskHandle[Any]:
         """As ``submit``, but raise QueueFull instead of waiting for room. Loop thread."""
         task = self._task("submit_nowait", fn, args, kwargs, priority, task_id, max_retries, timeout)
-        handle = task.handle = self._handle(task, "submit_nowait")
-        self._sched.add(task, loop=handle.get_loop())
+        loop = asyncio.events._get_running_loop()
+        if loop is None:
+            raise _no_loop("submit_nowait")
+        handle = task.handle = self._handle(task, loop)
+        self._sched.add(task, loop=loop)
         return handle
 
     @overload
@@ -515,10 +520,7 @@ class HybridQueue:
             timeout=None if timeout is None else check_timeout("timeout", timeout, positive=True),
         )
 
-    def _handle(self, task: Task, method: str) -> TaskHandle[Any]:
-        loop = asyncio.events._get_running_loop()
-        if loop is None:
-            raise _no_loop(method)
+    def _handle(self, task: Task, loop: asyncio.AbstractEventLoop) -> TaskHandle[Any]:
         handle: TaskHandle[Any] = TaskHandle(loop=loop)
         handle.task_id = task.task_id
         handle._queue_ref = self

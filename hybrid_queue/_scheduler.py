@@ -299,7 +299,8 @@ class Scheduler:
 
     def _accept_locked(self, task: Task, loop: asyncio.AbstractEventLoop | None) -> Claimed:
         task_id = task.task_id
-        self._bind_locked(loop)
+        if loop is not self.loop:
+            self._bind_locked(loop)
         if task_id is None:
             task_id = next(self._auto_ids)
             # Generated ids are new ints; only an id chosen by a caller,
@@ -373,9 +374,8 @@ class Scheduler:
         if not self._started:
             return _NOTHING
         claimed: Claimed = []
-        heap = self._heap
-        while self._free and heap:
-            task = heap.pop()
+        take = self._heap.take
+        while self._free and (task := take()) is not None:
             self._free -= 1
             claimed.append((task, self._begin_locked(task)))
         if claimed and self.max_queue_size:
@@ -437,9 +437,8 @@ class Scheduler:
                     delay = self._fail_locked(task, error, now) if retry else -1.0
                     if delay < 0:
                         result = self._terminal_locked(task, FAILED, None, error, now)
-            nxt = None
-            if hand_over and self._started and self._heap:
-                nxt = self._heap.pop()
+            nxt = self._heap.take() if hand_over and self._started else None
+            if nxt is not None:
                 nxt_attempt = self._begin_locked(nxt, now)
                 if self.max_queue_size:
                     self._room_freed_locked(1)
@@ -600,8 +599,15 @@ class Scheduler:
             pass
         if cfuture is not None:
             cfuture._settle(result)
-        if handle is None and task.waiters is None:
-            return
+        if task.waiters is None:
+            if handle is None:
+                return
+            if on_loop and result.status is COMPLETED:
+                # The common case, without two more frames: a worker on the
+                # loop finished a task that only its handle waits for.
+                if not handle.done():
+                    handle.set_result(result.result)
+                return
         if on_loop or threading.get_ident() == self.loop_thread:
             self._settle_on_loop(task, handle, result)
         elif self._bridge is not None:

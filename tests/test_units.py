@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from types import SimpleNamespace
 from unittest import mock
 
@@ -111,9 +112,21 @@ def test_heap_compaction_keeps_order_and_len_and_bounds_memory():
             h.remove(ticket)
     assert len(h) == len(keep)
     # Removed entries outnumbered live ones past the floor: the list was rebuilt.
-    assert len(h._entries) < total
+    assert len(h._keys) < total
     expected = sorted(keep, key=lambda i: (-(i % 3), i))
     assert pop_all(h) == [f"{i % 3}:{i}" for i in expected]
+
+
+def test_heap_gives_back_its_table_once_empty():
+    h: PriorityHeap[int] = PriorityHeap()
+    empty_size = sys.getsizeof(h._items)
+    for i in range(10_000):
+        h.push(i % 5, i)
+    assert sys.getsizeof(h._items) > empty_size
+    while h.take() is not None:
+        pass
+    assert sys.getsizeof(h._items) == empty_size
+    assert h._keys == []
 
 
 def test_heap_drain_returns_live_items_in_order_and_empties():
