@@ -351,7 +351,7 @@ class HybridQueue:
         handle = task.handle = self._handle(task, loop)
         while True:
             try:
-                self._sched.add(task, loop=loop)
+                self._sched.add(task, loop)
             except QueueFull:
                 await self._sched.wait_for_room(loop)
             else:
@@ -402,7 +402,7 @@ class HybridQueue:
         if loop is None:
             raise _no_loop("submit_nowait")
         handle = task.handle = self._handle(task, loop)
-        self._sched.add(task, loop=loop)
+        self._sched.add(task, loop)
         return handle
 
     @overload
@@ -509,16 +509,10 @@ class HybridQueue:
             max_retries = self._policy.max_retries
         else:
             check_max_retries(max_retries)
-        return Task(
-            task_id,
-            fn,
-            args,
-            kwargs or None,
-            is_coro=is_coro,
-            priority=priority,
-            max_retries=max_retries,
-            timeout=None if timeout is None else check_timeout("timeout", timeout, positive=True),
-        )
+        if timeout is not None:
+            timeout = check_timeout("timeout", timeout, positive=True)
+        # Positional: keyword arguments would cost more than the rest of Task().
+        return Task(task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout)
 
     def _handle(self, task: Task, loop: asyncio.AbstractEventLoop) -> TaskHandle[Any]:
         handle: TaskHandle[Any] = TaskHandle(loop=loop)

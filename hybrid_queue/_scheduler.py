@@ -241,7 +241,7 @@ class Scheduler:
 
     # ------------------------------------------------------------- submitting
 
-    def add(self, task: Task, *, block: bool = False, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def add(self, task: Task, loop: asyncio.AbstractEventLoop | None = None, block: bool = False) -> None:
         """Accept ``task`` into the heap, or raise without changing anything.
 
         Raises QueueShutDown, DuplicateTaskError, or QueueFull (when the heap
@@ -401,9 +401,9 @@ class Scheduler:
         ok: bool,
         value: Any,
         error: BaseException | None,
+        on_loop: bool = False,
         *,
         retry: bool = True,
-        on_loop: bool = False,
         hand_over: bool = True,
     ) -> tuple[Task, int] | None:
         """Report the end of ``attempt`` by the holder of its slot. Any thread.

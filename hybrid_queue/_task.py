@@ -211,7 +211,6 @@ class Task:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
-        *,
         is_coro: bool,
         priority: int,
         max_retries: int,

@@ -267,7 +267,7 @@ class Runner:
             # Interrupted, yet neither cancelled nor expired: the deadline's
             # cancel. Whatever the handler did with it, the attempt timed out.
             ok, value, error = False, None, _timeout_error(task, attempt)
-        claim = self._sched.finish(task, attempt, ok, value, error, on_loop=True)
+        claim = self._sched.finish(task, attempt, ok, value, error, True)  # on_loop, positional: hot
         # interrupt() cleared ``runner`` and cancelled us once: take that
         # request back so the next handler starts with a clean slate, unless
         # someone else cancelled the worker too.
