@@ -7,7 +7,7 @@ STAMP_TEST := $(VENV)/.stamp-test
 STAMP_BENCH := $(VENV)/.stamp-bench
 PYTEST_ARGS ?=
 
-.PHONY: test lint soak reliability bench clean
+.PHONY: test lint dist soak reliability bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,16 +23,41 @@ $(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-LINTED := hybrid_queue tests benchmarks tools
+LINTED := hybrid_queue tests benchmarks tools examples
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
-	$(BIN)/mypy hybrid_queue benchmarks
+	$(BIN)/mypy hybrid_queue benchmarks examples
 
+# Every async test runs on the asyncio loop and on uvloop (see tests/conftest.py).
 test: $(STAMP_TEST) lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -m "not slow" -q tests/test_core.py $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory dist
+
+# Builds the sdist and, from it, the wheel, in an isolated environment with
+# the build requirements of pyproject.toml (from PyPI, as a release build
+# would), then installs the wheel alone into a fresh virtual environment and
+# checks that it imports, ships py.typed, and that its metadata version is
+# hybrid_queue.__version__. The import runs outside the source tree, so it
+# can only find the installed copy.
+dist: $(STAMP_TEST)
+	rm -rf dist
+	$(BIN)/python -m build --quiet --outdir dist .
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(BIN)/python -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/python" -m pip install --quiet --no-index --no-deps dist/*.whl && \
+	cd "$$tmp" && "$$tmp/venv/bin/python" -c "$$DIST_CHECK"
+
+define DIST_CHECK
+import importlib.metadata, importlib.resources, hybrid_queue
+installed = importlib.metadata.version("hybrid_queue")
+assert installed == hybrid_queue.__version__, (installed, hybrid_queue.__version__)
+assert importlib.resources.files("hybrid_queue").joinpath("py.typed").is_file(), "py.typed missing"
+print("installed wheel: hybrid_queue", hybrid_queue.__version__, "from", hybrid_queue.__file__)
+endef
+export DIST_CHECK
 
 soak: $(STAMP_TEST)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

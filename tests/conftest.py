@@ -1,4 +1,9 @@
-"""Shared fixtures: queues that always shut down, and a leak check on every test."""
+"""Shared fixtures: queues that always shut down, a leak check on every test, and two event loops.
+
+Every async test runs twice, on the default asyncio loop and on uvloop (ids
+``[asyncio]`` and ``[uvloop]``). Tests that make their own loops in threads
+(``asyncio.run``, ``new_event_loop``) get the default loop there, as before.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,21 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from hybrid_queue import HybridQueue
+
+# The loops every async test runs on. A test that needs one loop's internals
+# narrows the list with ``@pytest.mark.asyncio(loop_factories=["asyncio"])``.
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Parametrize every async test over LOOP_FACTORIES (pytest-asyncio's hook)."""
+    return LOOP_FACTORIES
 
 
 class Figures:
