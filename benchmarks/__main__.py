@@ -16,7 +16,7 @@ from typing import Any
 
 import hybrid_queue
 
-from . import _coroutine, _depth, _footprint, _latency, _scaling, _soak, _sync
+from . import _coroutine, _depth, _footprint, _latency, _scale_out, _scaling, _soak, _sync
 from ._harness import LOOP_NAMES, Settings, interleave
 from ._plots import plot_all
 from ._report import print_results, targets, write_json
@@ -24,7 +24,7 @@ from ._throughput import TIMED_SPAN, throughput_jobs, throughput_rows
 
 __all__ = ["main"]
 
-GROUPS = ("coroutine", "sync", "workers", "depth", "latency", "footprint", "soak")
+GROUPS = ("coroutine", "sync", "workers", "depth", "latency", "footprint", "soak", "scale_out")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 QUICK_N = 200
 
@@ -136,6 +136,7 @@ def _meta(settings: Settings) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "uvloop": version("uvloop"),
         "aiojobs": version("aiojobs"),
+        "distributed": version("distributed"),
         "timed_span": TIMED_SPAN,
         "footprint_method": _footprint.METHOD,
         "quick": settings.quick,
@@ -157,6 +158,12 @@ def _sizes(settings: Settings) -> str:
         parts.append(f"footprint at depth {s.footprint_depth:,}")
     if "soak" in s.groups:
         parts.append(f"soak of {s.soak_tasks:,} tasks (chunks of {s.soak_chunk:,}, result_ttl {s.result_ttl} s)")
+    if "scale_out" in s.groups:
+        sizes = _scale_out.QUICK if s.quick else _scale_out.FULL
+        parts.append(
+            f"scale-out: {sizes.cpu_tasks} CPU-bound tasks of about {sizes.handler_ms:g} ms and "
+            f"{sizes.overhead_tasks:,} no-op Dask tasks per round (first loop kind only)"
+        )
     return "sizes: " + "; ".join(parts)
 
 
@@ -182,7 +189,12 @@ def run(settings: Settings) -> dict[str, Any]:
         jobs += _depth.depth_jobs(settings)
     if "latency" in groups:
         jobs += _latency.latency_jobs(settings)
-    samples = interleave(jobs, settings.rounds, settings.progress)
+    if "scale_out" in groups:
+        jobs += _scale_out.scale_out_jobs(settings)
+    try:
+        samples = interleave(jobs, settings.rounds, settings.progress)
+    finally:
+        _scale_out.close()  # the process pool and the Dask cluster, if the group made them
 
     by_group = {
         g: {loop: throughput_rows(g, cs, samples, loop, settings.n) for loop in settings.loops}
@@ -195,6 +207,8 @@ def run(settings: Settings) -> dict[str, Any]:
         results["depth"] = {loop: _depth.depth_rows(samples, loop, settings.depths) for loop in settings.loops}
     if "latency" in groups:
         results["latency"] = {loop: _latency.latency_rows(samples, loop) for loop in settings.loops}
+    if "scale_out" in groups:
+        results["scale_out"] = _scale_out.scale_out_results(samples, settings)
     results["meta"]["seconds"] = time.perf_counter() - started
     results["targets"] = targets(results)
     return results

@@ -15,7 +15,7 @@ __all__ = ["plot_all"]
 
 MIB = 1024 * 1024
 # Every file this module writes; all are removed before a run draws its own.
-_NAMES = ("coroutine.png", "sync.png", "workers.png", "depth.png", "latency.png", "soak.png")
+_NAMES = ("coroutine.png", "sync.png", "workers.png", "depth.png", "latency.png", "soak.png", "scale_out.png")
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -140,12 +140,30 @@ def _soak(results: dict[str, Any], out: Path) -> list[Path]:
     return [_save(fig, out / "soak.png")]
 
 
+def _scale_out(results: dict[str, Any], out: Path) -> list[Path]:
+    scale = results.get("scale_out")
+    if not scale:
+        return []
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.5))
+    rows = scale["throughput"]
+    left.barh([r["name"] for r in rows], [r["tasks_per_s"] for r in rows], color="tab:blue")
+    left.invert_yaxis()
+    left.set_xlabel("tasks per second (median; higher is better)")
+    left.set_title(f"{scale['cpu_tasks']} CPU-bound tasks of ~{scale['handler_ms']:g} ms, {scale['workers']} workers")
+    rows = scale["overhead"]
+    right.barh([r["name"] for r in rows], [r["us_per_task"] for r in rows], color="tab:orange")
+    right.invert_yaxis()
+    right.set_xlabel("microseconds per task (median; lower is better)")
+    right.set_title(f"Dask: {scale['overhead_tasks']:,} no-op tasks")
+    return [_save(fig, out / "scale_out.png")]
+
+
 def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
     """Draw a PNG for every group that ran; return their paths."""
     for stale in _NAMES:
         # A run of fewer groups must not leave an older run's plots looking current.
         (out / stale).unlink(missing_ok=True)
     paths: list[Path] = []
-    for draw in (_throughput, _workers, _depth, _latency, _soak):
+    for draw in (_throughput, _workers, _depth, _latency, _soak, _scale_out):
         paths += draw(results, out)
     return paths

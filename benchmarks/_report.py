@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _coroutine, _depth, _latency, _scaling, _sync
+from . import _coroutine, _depth, _latency, _scale_out, _scaling, _sync
 
 __all__ = ["print_results", "targets", "write_json"]
 
@@ -118,6 +118,44 @@ def _soak_text(soak: dict[str, Any]) -> str:
     )
 
 
+def _scale_out_text(scale: dict[str, Any], rounds: int) -> str:
+    throughput_columns: list[Column] = [
+        ("contender", lambda r: r["name"] + (" [ref]" if r["reference"] else "")),
+        ("ms/task", lambda r: f"{r['us_per_task'] / 1e3:.2f}"),
+        ("tasks/s", lambda r: f"{r['tasks_per_s']:.1f}"),
+        ("speed-up", lambda r: f"{1 / r['ratio']:.2f}x"),
+        ("spread", lambda r: f"{r['spread_pct']:.0f}%"),
+        ("note", lambda r: r["note"]),
+    ]
+    overhead_columns: list[Column] = [
+        ("contender", lambda r: r["name"] + (" [ref]" if r["reference"] else "")),
+        ("us/task", lambda r: f"{r['us_per_task']:.1f}"),
+        ("tasks/s", lambda r: f"{r['tasks_per_s']:,.0f}"),
+        ("ratio", lambda r: f"{r['ratio']:.2f}x"),
+        ("spread", lambda r: f"{r['spread_pct']:.0f}%"),
+        ("note", lambda r: r["note"]),
+    ]
+    return "\n\n".join(
+        [
+            _table(
+                f"== scale_out group, {scale['loop']} loop: {scale['cpu_tasks']} CPU-bound tasks of about "
+                f"{scale['handler_ms']:g} ms ({scale['spin_iterations']:,} iterations) per round, "
+                f"{scale['workers']} workers, median of {rounds} rounds, {scale['cpus']} CPUs",
+                throughput_columns,
+                scale["throughput"],
+                ["speed-up: the reference's median time over this row's (higher is faster)", scale["method"]],
+            ),
+            _table(
+                f"== scale_out group, {scale['loop']} loop: Dask per-task overhead, {scale['overhead_tasks']:,} "
+                f"no-op tasks per round, median of {rounds} rounds",
+                overhead_columns,
+                scale["overhead"],
+                ["ratio: median time over the reference's (lower is faster)"],
+            ),
+        ]
+    )
+
+
 # ----------------------------------------------------------------------- targets
 
 
@@ -180,6 +218,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         soak = results["soak"]
         mark("soak: tracemalloc after TTL minus baseline", soak["traced_delta"], 64 * KIB, "KiB")
         mark("soak: RSS after TTL minus baseline", soak["rss_delta"], 16 * MIB, "MiB")
+    if "scale_out" in results:
+        scale = results["scale_out"]
+        workers, loop = scale["workers"], scale["loop"]
+        speedup = 1 / _row(scale["throughput"], _scale_out.PROCESSES)["ratio"]
+        name = f"CPU-bound throughput, {workers} processes vs {workers} threads ({loop})"
+        mark(name, speedup, 1.6, "x", at_least=True)
+        overhead = _row(scale["overhead"], _scale_out.OVERHEAD_TARGET)["ratio"]
+        mark(f"per-task cost on Dask, queue vs Client.submit ({loop})", overhead, 1.2, "x")
     return marks
 
 
@@ -215,6 +261,9 @@ def print_results(results: dict[str, Any]) -> None:
     if "soak" in results:
         print()
         print(_soak_text(results["soak"]))
+    if "scale_out" in results:
+        print()
+        print(_scale_out_text(results["scale_out"], settings["rounds"]))
     print()
     print("== targets (marks, not assertions)")
     width = max((len(m["target"]) for m in results["targets"]), default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import logging
 import threading
@@ -22,7 +23,7 @@ from ._stats import QueueStats
 from ._store import ResultStore
 from ._task import Task, TaskFuture, TaskHandle, TaskResult, TaskStatus
 from ._validate import check_int, check_max_retries, check_timeout, is_coroutine_function
-from ._workers import Runner
+from ._workers import Runner, _shut
 
 __all__ = ["HybridQueue"]
 
@@ -63,7 +64,7 @@ class HybridQueue:
         retry: RetryPolicy | None = None,
         result_ttl: float = 300.0,
         max_results: int = 10_000,
-        executor: concurrent.futures.Executor | None = None,
+        executor: concurrent.futures.Executor | Callable[[], concurrent.futures.Executor] | None = None,
         clock: Clock | None = None,
     ) -> None:
         check_int("workers", workers, minimum=1)
@@ -73,8 +74,19 @@ class HybridQueue:
         assert ttl is not None
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
-        if executor is not None and not isinstance(executor, concurrent.futures.Executor):
-            raise TypeError(f"executor must be a concurrent.futures.Executor or None, got {executor!r}")
+        factory: Callable[[], concurrent.futures.Executor] | None = None
+        if executor is None:
+            factory = functools.partial(
+                concurrent.futures.ThreadPoolExecutor, workers, thread_name_prefix="hybrid_queue"
+            )
+        elif not isinstance(executor, concurrent.futures.Executor):
+            if not callable(executor):
+                raise TypeError(
+                    "executor must be a concurrent.futures.Executor (yours: never replaced or shut down), a "
+                    f"function of no arguments returning one (the queue's: replaced when it breaks), or None, "
+                    f"got {executor!r}"
+                )
+            factory, executor = executor, None
 
         if clock is not None and not all(callable(getattr(clock, m, None)) for m in ("time", "call_later")):
             raise TypeError(
@@ -90,9 +102,7 @@ class HybridQueue:
             store=ResultStore(ttl, max_results),
             clock=clock,
         )
-        self._owns_executor = executor is None
-        self._executor = executor or concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hybrid_queue")
-        self._runner = Runner(self._sched, self._executor)
+        self._runner = Runner(self._sched, executor, factory)
         # The last handler submitted and whether it is a coroutine function.
         # One attribute, written whole: threads submit concurrently. A weak
         # reference, so the cache never keeps a handler (or what it binds) alive.
@@ -132,6 +142,7 @@ class HybridQueue:
             return
         if self._lifecycle != "new":
             raise RuntimeError("this HybridQueue was shut down and cannot restart; make a new HybridQueue")
+        self._runner.open()  # an owned executor is made here; a factory that raises leaves the queue "new"
         self._lifecycle = "running"
         logger.debug("queue started with %d workers", self.workers)
         self._sched.start()
@@ -199,18 +210,24 @@ class HybridQueue:
     def _cancel(self, *states: TaskStatus) -> None:
         self._sched.cancel_where(*states)
 
+    @property
+    def _executor(self) -> concurrent.futures.Executor | None:
+        # The executor in use now (an owned one may have been replaced).
+        return self._runner.executor
+
     async def _shutdown_executor(self, wait: bool) -> None:
-        if not self._owns_executor:
+        executor = self._runner.executor
+        if not self._runner.owns_executor or executor is None:
             return
         if not wait:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            _shut(executor, wait=False)
             return
         # Joining the pool's threads blocks; do it off the loop so it never stalls.
         loop = asyncio.get_running_loop()
         joined: asyncio.Future[None] = loop.create_future()
 
         def join() -> None:
-            self._executor.shutdown(wait=True)
+            _shut(executor, wait=True)
             loop.call_soon_threadsafe(_resolve, joined)
 
         threading.Thread(target=join, name="hybrid_queue-join", daemon=True).start()

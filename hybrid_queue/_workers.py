@@ -23,8 +23,10 @@ import functools
 import inspect
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
+from ._remote import Raised, RemoteCall, Returned, executor_failure, refusal_advice
 from ._scheduler import Claimed, Scheduler
 from ._task import Task, TaskStatus
 
@@ -46,12 +48,22 @@ _ABANDONED = _Abandoned()
 class Runner:
     """Starts claimed tasks and runs them to the end of each attempt."""
 
-    def __init__(self, scheduler: Scheduler, executor: concurrent.futures.Executor) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        executor: concurrent.futures.Executor | None,
+        factory: Callable[[], concurrent.futures.Executor] | None = None,
+    ) -> None:
         self._sched = scheduler
-        self._executor = executor
-        # Thread pools run a chain of sync tasks in one submitted call; other
-        # executors get the handler itself, which may have to be pickled.
-        self._inline = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+        # Exactly one of the two: the caller's executor (never replaced, never
+        # shut down here), or a factory of executors the queue owns: made by
+        # open(), replaced when one breaks, shut down by the queue.
+        self._factory = factory
+        self._executor: concurrent.futures.Executor | None = None
+        self._inline = False
+        self._replacing = threading.Lock()  # one replacement of a broken owned executor at a time
+        if executor is not None:
+            self._use(executor)
         # Loop thread only: parked workers (each waits on its future for a
         # claimed task, or None to exit) and every worker task alive.
         self._parked: deque[asyncio.Future[tuple[Task, int] | None]] = deque()
@@ -61,6 +73,38 @@ class Runner:
         # future inside submit() cannot recurse once per task.
         self._local = threading.local()
         scheduler.launch = self.launch
+
+    def _use(self, executor: concurrent.futures.Executor) -> None:
+        # Thread pools run a chain of sync tasks in one submitted call; other
+        # executors get a RemoteCall, which may have to be pickled.
+        self._inline = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+        self._executor = executor
+
+    @property
+    def executor(self) -> concurrent.futures.Executor | None:
+        """The executor sync handlers go to now (None before open() of an owned one)."""
+        return self._executor
+
+    @property
+    def owns_executor(self) -> bool:
+        return self._factory is not None
+
+    def open(self) -> None:
+        """Make the owned executor, if the queue owns one and has none yet. Before the first claim."""
+        if self._factory is not None and self._executor is None:
+            self._use(_made(self._factory))
+
+    def _replace(self, broken: concurrent.futures.Executor) -> concurrent.futures.Executor | None:
+        # Any thread. An owned executor that broke is shut down and replaced,
+        # once however many of its futures report the breakage. Returns the
+        # executor to use now, or None when it is the caller's (not replaced).
+        if self._factory is None:
+            return None
+        with self._replacing:
+            if self._executor is broken:
+                self._use(_made(self._factory))
+                _shut(broken, wait=False)
+            return self._executor
 
     # ------------------------------------------------------------------ starting
 
@@ -92,19 +136,28 @@ class Runner:
                 f"task {task.task_id!r} could not start: the queue's event loop is closed (it ended without shutdown())"
             )
             return self._sched.finish(task, attempt, False, None, error, retry=False)
+        executor = self._executor
+        assert executor is not None, "Runner.open() was not called before the first claim"
         try:
             if self._inline:
-                chain = self._executor.submit(self._sync_chain, task, attempt)
+                chain = executor.submit(self._sync_chain, task, attempt)
             else:
                 fn, args, kwargs = task.fn, task.args, task.kwargs
                 if fn is None or task.state is not RUNNING or task.attempt != attempt:
                     return self._sched.finish(task, attempt, False, None, _ABANDONED)
-                future = self._executor.submit(fn, *args, **(kwargs or {}))
+                call = RemoteCall(fn, args, kwargs or {})
+                try:
+                    future = executor.submit(call)
+                except concurrent.futures.BrokenExecutor:
+                    # Broke since the last task; an owned one is replaced and
+                    # this task goes to the new one. The caller's stays broken.
+                    replacement = self._replace(executor)
+                    if replacement is None:
+                        raise
+                    executor = replacement
+                    future = executor.submit(call)
         except Exception as exc:  # shut down, broken, or rejecting these arguments
-            error = RuntimeError(
-                f"the executor refused task {task.task_id!r} ({exc!r}); "
-                "do not shut down an executor while a HybridQueue still uses it"
-            )
+            error = RuntimeError(f"the executor refused task {task.task_id!r} ({exc!r}); " + refusal_advice(exc))
             error.__cause__ = exc
             return self._sched.finish(task, attempt, False, None, error, retry=False)
         if task.timeout is not None:
@@ -113,7 +166,7 @@ class Runner:
             chain.add_done_callback(functools.partial(self._chain_done, task, attempt))
         else:
             task.runner = future
-            future.add_done_callback(functools.partial(self._foreign_done, task, attempt))
+            future.add_done_callback(functools.partial(self._foreign_done, task, attempt, executor))
         return None
 
     def _chain_done(self, task: Task, attempt: int, chain: concurrent.futures.Future[None]) -> None:
@@ -146,6 +199,12 @@ class Runner:
             self._sched.loop.call_soon(self._abandon_late, task, attempt)
         else:
             self._abandon_late(task, attempt)
+            # Then, on an executor of futures, cancel the call: where that
+            # works (not started yet; a Dask task, released) the future's
+            # callback frees the slot now, and its outcome is dropped, as the
+            # attempt has already failed. A running process cannot be stopped.
+            if not self._inline:
+                self._sched.interrupt(task, attempt)
 
     def _abandon_late(self, task: Task, attempt: int) -> None:
         self._sched.expire_attempt(task, attempt, _timeout_error(task, attempt))
@@ -166,18 +225,47 @@ class Runner:
             if claim is not None and not claim[0].is_coro and claim[0].timeout is not None:
                 sched.on_loop(sched.arm_timeout, claim[0], claim[1], self._timed_out)
 
-    def _foreign_done(self, task: Task, attempt: int, future: concurrent.futures.Future[Any]) -> None:
+    def _foreign_done(
+        self,
+        task: Task,
+        attempt: int,
+        executor: concurrent.futures.Executor,
+        future: concurrent.futures.Future[Any],
+    ) -> None:
         # Whatever thread the executor completes futures on, perhaps under
         # its own lock: report, and let the loop start what comes next.
         if task.runner is future:  # not a later attempt's
             task.runner = None
-        error: BaseException | None
+        error: BaseException | None = None
+        retry = True
+        ok, value = False, None
         if future.cancelled():
-            ok, value, error = False, None, concurrent.futures.CancelledError()
+            error = concurrent.futures.CancelledError()
+        elif (failure := future.exception()) is None:
+            # RemoteCall returns the handler's outcome either way, so the
+            # executor itself succeeded; a handler's exception is retried
+            # as the policy says.
+            outcome = future.result()
+            if isinstance(outcome, Returned):
+                ok, value = True, outcome.value
+            elif isinstance(outcome, Raised):
+                error = outcome.error
+            else:
+                retry = False
+                error = TypeError(
+                    f"the executor returned {type(outcome).__qualname__} for task {task.task_id!r} instead of "
+                    "running the call it was given; pass an executor that calls what it is submitted"
+                )
         else:
-            error = future.exception()
-            ok, value = error is None, None if error is not None else future.result()
-        self._sched.finish(task, attempt, ok, value, error, hand_over=False)
+            # Only the executor can fail a RemoteCall's future: it could not
+            # send the call or its outcome, or its worker died. Not retried:
+            # the same task would fail the same way, or kill the next worker.
+            retry = False
+            error = executor_failure(task, failure)
+            error.__cause__ = failure
+            if isinstance(failure, concurrent.futures.BrokenExecutor) and self._factory is not None:
+                self._sched.post(self._replace, executor)
+        self._sched.finish(task, attempt, ok, value, error, retry=retry, hand_over=False)
 
     # -------------------------------------------------------- coroutine handlers
 
@@ -328,3 +416,18 @@ def _call_sync(task: Task, attempt: int) -> tuple[bool, Any, BaseException | Non
             ),
         )
     return True, value, None
+
+
+def _made(factory: Callable[[], concurrent.futures.Executor]) -> concurrent.futures.Executor:
+    executor = factory()
+    if not isinstance(executor, concurrent.futures.Executor):
+        raise TypeError(f"the executor factory {factory!r} returned {executor!r}, not a concurrent.futures.Executor")
+    return executor
+
+
+def _shut(executor: concurrent.futures.Executor, wait: bool) -> None:
+    """Shut down an owned executor; cancel what it has not started unless waiting for it."""
+    try:
+        executor.shutdown(wait=wait, cancel_futures=not wait)
+    except TypeError:  # an executor older than cancel_futures (Dask's ClientExecutor)
+        executor.shutdown(wait=wait)

@@ -59,7 +59,7 @@ async def noop(value: Any = None) -> Any:
         pytest.param(
             {"executor": object()},
             TypeError,
-            r"^executor must be a concurrent\.futures\.Executor or None, got <object object",
+            r"^executor must be a concurrent\.futures\.Executor \(yours: never replaced or shut down\), a function",
             id="executor=object()",
         ),
     ],
