@@ -21,6 +21,7 @@ from hybrid_queue import (
     TaskStatus,
     UnknownTaskError,
 )
+from hybrid_queue.testing import FakeClock
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.004)
 
@@ -227,27 +228,26 @@ async def test_always_failing_task_runs_one_plus_max_retries_attempts(make_queue
 
 
 async def test_retry_delays_follow_capped_exponential_backoff(make_queue):
-    policy = RetryPolicy(max_retries=4, base_delay=0.01, max_delay=0.03)
-    q = await make_queue(1, retry=policy)
-    loop = asyncio.get_running_loop()
+    policy = RetryPolicy(max_retries=4, base_delay=10.0, max_delay=30.0)
+    clock = FakeClock()
+    q = await make_queue(1, retry=policy, clock=clock)
     times = []
 
     async def fail():
-        times.append(loop.time())
+        times.append(clock.time())
         raise ValueError("no")
 
+    h = await q.submit(fail)
+    await clock.sleep(1000)
     with pytest.raises(ValueError):
-        await (await q.submit(fail))
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    expected = [0.01, 0.02, 0.03, 0.03]
-    assert len(gaps) == 4
-    # Lower bounds only: the delay is really waited; how much longer is the machine's business.
-    for gap, want in zip(gaps, expected, strict=True):
-        assert gap >= want * 0.99
+        await h
+    # On the fake clock the delays are exact.
+    assert [b - a for a, b in itertools.pairwise(times)] == [10.0, 20.0, 30.0, 30.0]
 
 
 async def test_task_waiting_for_retry_holds_no_worker(make_queue):
-    q = await make_queue(1, retry=RetryPolicy(max_retries=1, base_delay=0.05))
+    clock = FakeClock()
+    q = await make_queue(1, retry=RetryPolicy(max_retries=1, base_delay=60.0), clock=clock)
     seen = []
 
     async def flaky():
@@ -259,10 +259,11 @@ async def test_task_waiting_for_retry_holds_no_worker(make_queue):
         seen.append(("other", q.status(first.task_id)))
 
     first = await q.submit(flaky)
-    await asyncio.sleep(0.005)
+    await clock.sleep(0)  # the first attempt fails; its retry waits 60 s
     second = await q.submit(other)
     await second
     assert seen[1] == ("other", TaskStatus.RETRY_WAIT)
+    await clock.sleep(60)
     await first
     assert seen == ["flaky", ("other", TaskStatus.RETRY_WAIT), "flaky"]
 
@@ -570,11 +571,15 @@ async def test_finished_task_leaves_every_structure_but_the_store(make_queue):
 
 
 async def test_results_expire_by_ttl_without_anyone_reading(make_queue):
-    q = await make_queue(2, result_ttl=0.02)
+    clock = FakeClock()
+    q = await make_queue(2, result_ttl=20.0, clock=clock)
     handles = [await q.submit(abs, -i) for i in range(10)]
     await asyncio.gather(*handles)
     assert q.stats().results_stored == 10
-    await wait_until(lambda: not q.stats().results_stored)
+    await clock.sleep(19.9)
+    assert q.stats().results_stored == 10
+    await clock.sleep(0.1)
+    assert q.stats().results_stored == 0
     assert q.stats().results_expired == 10
     with pytest.raises(UnknownTaskError, match=r"never submitted, or its result expired"):
         await q.get_result(handles[0].task_id)
