@@ -29,6 +29,8 @@ lint: $(STAMP_TEST)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy hybrid_queue benchmarks examples
+	# The typing test: right calls type-check, wrong ones must be rejected (see its docstring).
+	$(BIN)/mypy tests/typing
 
 # Every async test runs on the asyncio loop and on uvloop (see tests/conftest.py).
 test: $(STAMP_TEST) lint
