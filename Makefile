@@ -25,11 +25,11 @@ $(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml
 
 LINTED := hybrid_queue tests benchmarks tools examples
 
+# tests/typing is the typing test: right calls must type-check, wrong ones be rejected.
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy hybrid_queue benchmarks examples
-	# The typing test: right calls type-check, wrong ones must be rejected (see its docstring).
 	$(BIN)/mypy tests/typing
 
 # Every async test runs on the asyncio loop and on uvloop (see tests/conftest.py).
