@@ -19,7 +19,9 @@ class Clock(Protocol):
     """A source of time for retry delays, per-attempt timeouts and the result ttl.
 
     The queue reads ``time()`` from any thread and calls ``call_later`` only on
-    its loop thread; the callbacks must run on that thread too.
+    its loop thread; the callbacks must run on that thread too. Both are
+    called with the queue's internal lock held: they must be quick and must
+    not call back into the queue (the loop's clock and ``FakeClock`` are).
     ``hybrid_queue.testing.FakeClock`` is one whose time moves only when a test
     says so.
     """

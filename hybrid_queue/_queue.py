@@ -137,12 +137,15 @@ class HybridQueue:
         after shutdown (a queue does not restart; make a new one).
         """
         loop = asyncio.get_running_loop()
+        if self._lifecycle == "new":
+            # An owned executor is made first: a factory that raises leaves
+            # the queue as it was, new and bound to no loop.
+            self._runner.open()
         self._bind(loop)
         if self._lifecycle == "running":
             return
         if self._lifecycle != "new":
             raise RuntimeError("this HybridQueue was shut down and cannot restart; make a new HybridQueue")
-        self._runner.open()  # an owned executor is made here; a factory that raises leaves the queue "new"
         self._lifecycle = "running"
         logger.debug("queue started with %d workers", self.workers)
         self._sched.start()
@@ -216,22 +219,24 @@ class HybridQueue:
         return self._runner.executor
 
     async def _shutdown_executor(self, wait: bool) -> None:
-        executor = self._runner.executor
-        if not self._runner.owns_executor or executor is None:
+        executor = self._runner.take_executor()
+        if executor is None:  # the caller's, or never made
             return
-        if not wait:
-            _shut(executor, wait=False)
-            return
-        # Joining the pool's threads blocks; do it off the loop so it never stalls.
+        # Off the loop: joining a pool's threads blocks, and so may cancelling
+        # (a Dask client talks to its scheduler, and closes).
         loop = asyncio.get_running_loop()
         joined: asyncio.Future[None] = loop.create_future()
 
         def join() -> None:
-            _shut(executor, wait=True)
-            loop.call_soon_threadsafe(_resolve, joined)
+            _shut(executor, wait=wait)
+            try:
+                loop.call_soon_threadsafe(_resolve, joined)
+            except RuntimeError:  # wait=False, and the loop has closed since: nobody waits
+                pass
 
         threading.Thread(target=join, name="hybrid_queue-join", daemon=True).start()
-        await joined
+        if wait:
+            await joined
 
     async def __aenter__(self) -> HybridQueue:
         await self.start()

@@ -73,7 +73,14 @@ class RemoteCall:
 
 
 class Returned:
-    """A handler's return value, back from an executor."""
+    """A handler's return value, back from an executor.
+
+    Pickled once, then unpickled once where it was made to check it: a value
+    that pickles but cannot be rebuilt (an exception whose ``__init__`` takes
+    arguments it does not pass on, say) would otherwise fail where the
+    executor unpickles it, which breaks a whole ProcessPoolExecutor. Such a
+    value raises a TypeError here instead, and fails only its own task.
+    """
 
     __slots__ = ("value",)
 
@@ -81,7 +88,15 @@ class Returned:
         self.value = value
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Returned, (self.value,))
+        data = pickle.dumps(self.value, pickle.HIGHEST_PROTOCOL)
+        try:
+            pickle.loads(data)
+        except Exception as exc:
+            raise TypeError(
+                f"the handler's result {type(self.value).__qualname__} pickles but cannot be unpickled ({exc!r}); "
+                "return a value that survives a pickle round trip"
+            ) from None
+        return (_rebuild_returned, (data,))
 
 
 class Raised:
@@ -114,6 +129,10 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+def _rebuild_returned(data: bytes) -> Returned:
+    return Returned(pickle.loads(data))
 
 
 def _rebuild_raised(error: BaseException, text: str) -> Raised:

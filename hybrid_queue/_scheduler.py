@@ -194,16 +194,24 @@ class Scheduler:
             self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: Callable[[TaskEvent], object]) -> bool:
-        """Stop calling ``listener``; False if it was not registered."""
+        """Stop calling ``listener`` (the first registration of that very object); False if absent."""
+        # By identity: ``==`` on a listener is user code, which must not run
+        # under the lock (a bound method compares equal to a fresh one of
+        # the same object and function, and is found by identity of both).
+        dropped: list[TaskEvent] = []
         with self.lock:
             listeners = list(self._listeners)
-            if listener not in listeners:
+            for i, registered in enumerate(listeners):
+                if registered is listener or _same_method(registered, listener):
+                    del listeners[i]
+                    break
+            else:
                 return False
-            listeners.remove(listener)
             self._listeners = tuple(listeners)
-            if not listeners:
-                self._events = []  # nobody left to hand them to
-            return True
+            if not listeners:  # nobody left to hand them to; dropped after the lock
+                dropped, self._events = self._events, []
+        del dropped
+        return True
 
     def _emit_locked(
         self,
@@ -216,6 +224,8 @@ class Scheduler:
         delay: float | None = None,
     ) -> None:
         # Callers check self._listeners first: with none, an event costs nothing.
+        if self.loop is not None and self.loop.is_closed():
+            return  # no flush can ever run: keep nothing
         self._events.append(_new_tuple(TaskEvent, (kind, task_id, attempt, now, duration_ms, error, delay)))
         if not self._events_posted and self.loop is not None:
             # One flush per burst of events, like the bridge's drains.
@@ -884,6 +894,17 @@ def _unknown(task_id: Hashable) -> UnknownTaskError:
     return UnknownTaskError(
         f"no task with id {task_id!r}: it was never submitted, or its result expired or "
         "was evicted (raise result_ttl or max_results to keep results longer)"
+    )
+
+
+def _same_method(a: object, b: object) -> bool:
+    # Bound methods are made anew at each attribute access: equal when both
+    # their object and their function are the same (compared by identity).
+    self_a, self_b = getattr(a, "__self__", None), getattr(b, "__self__", None)
+    return (
+        self_a is not None
+        and self_a is self_b
+        and getattr(a, "__func__", None) is getattr(b, "__func__", None) is not None
     )
 
 

@@ -61,7 +61,10 @@ class Runner:
         self._factory = factory
         self._executor: concurrent.futures.Executor | None = None
         self._inline = False
-        self._replacing = threading.Lock()  # one replacement of a broken owned executor at a time
+        # Guards _executor against two replacements of one broken executor,
+        # and against a replacement once the queue has shut its executor.
+        self._replacing = threading.Lock()
+        self._executor_closed = False
         if executor is not None:
             self._use(executor)
         # Loop thread only: parked workers (each waits on its future for a
@@ -101,10 +104,18 @@ class Runner:
         if self._factory is None:
             return None
         with self._replacing:
+            if self._executor_closed:
+                return None  # the queue is shutting down: nothing to replace it for
             if self._executor is broken:
                 self._use(_made(self._factory))
                 _shut(broken, wait=False)
             return self._executor
+
+    def take_executor(self) -> concurrent.futures.Executor | None:
+        """The owned executor, for the queue to shut down; from now on none is made or replaced."""
+        with self._replacing:
+            self._executor_closed = True
+            return self._executor if self._factory is not None else None
 
     # ------------------------------------------------------------------ starting
 
@@ -138,38 +149,41 @@ class Runner:
             return self._sched.finish(task, attempt, False, None, error, retry=False)
         executor = self._executor
         assert executor is not None, "Runner.open() was not called before the first claim"
+        inline = self._inline
         try:
-            if self._inline:
-                chain = executor.submit(self._sync_chain, task, attempt)
+            if inline:
+                what: Callable[..., Any] = functools.partial(self._sync_chain, task, attempt)
             else:
                 fn, args, kwargs = task.fn, task.args, task.kwargs
                 if fn is None or task.state is not RUNNING or task.attempt != attempt:
                     return self._sched.finish(task, attempt, False, None, _ABANDONED)
-                call = RemoteCall(fn, args, kwargs or {})
-                try:
-                    future = executor.submit(call)
-                except concurrent.futures.BrokenExecutor:
-                    # Broke since the last task; an owned one is replaced and
-                    # this task goes to the new one. The caller's stays broken.
-                    replacement = self._replace(executor)
-                    if replacement is None:
-                        raise
-                    executor = replacement
-                    future = executor.submit(call)
+                what = RemoteCall(fn, args, kwargs or {})
+            try:
+                future = executor.submit(what)
+            except concurrent.futures.BrokenExecutor:
+                # Broke since the last task; an owned one is replaced and
+                # this task goes to the new one. The caller's stays broken.
+                replacement = self._replace(executor)
+                if replacement is None:
+                    raise
+                executor = replacement
+                future = executor.submit(what)
         except Exception as exc:  # shut down, broken, or rejecting these arguments
             error = RuntimeError(f"the executor refused task {task.task_id!r} ({exc!r}); " + refusal_advice(exc))
             error.__cause__ = exc
             return self._sched.finish(task, attempt, False, None, error, retry=False)
         if task.timeout is not None:
             self._sched.on_loop(self._sched.arm_timeout, task, attempt, self._timed_out)
-        if self._inline:
-            chain.add_done_callback(functools.partial(self._chain_done, task, attempt))
+        if inline:
+            future.add_done_callback(functools.partial(self._chain_done, task, attempt, executor))
         else:
             task.runner = future
             future.add_done_callback(functools.partial(self._foreign_done, task, attempt, executor))
         return None
 
-    def _chain_done(self, task: Task, attempt: int, chain: concurrent.futures.Future[None]) -> None:
+    def _chain_done(
+        self, task: Task, attempt: int, executor: concurrent.futures.Executor, chain: concurrent.futures.Future[None]
+    ) -> None:
         # Whatever thread the executor completes its futures on, perhaps
         # holding the executor's own lock (shutdown(cancel_futures=True) does):
         # so never start work from here (hand_over=False).
@@ -177,6 +191,8 @@ class Runner:
             why = "cancelled it before it ran (shut down with cancel_futures=True?)"
         elif isinstance(chain.exception(), concurrent.futures.BrokenExecutor):
             why = f"broke before running it ({chain.exception()!r})"
+            if self._factory is not None:  # the queue's own pool: the loop replaces it
+                self._sched.post(self._replace, executor)
         else:
             return  # the chain ran; it reported every task it held
         error = RuntimeError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import threading
 import time
 import weakref
@@ -133,8 +134,20 @@ class FakeClock:
             self._queues.add(queue)
 
     def _target(self, seconds: float) -> float:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-            raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        # The timers' callbacks are the queue's, and loop-only.
+        with self._lock:
+            queues = list(self._queues)
+        here = threading.get_ident()
+        for queue in queues:
+            thread = queue._sched.loop_thread
+            if thread is not None and thread != here:
+                raise RuntimeError(
+                    "FakeClock.advance() and sleep() must run on the event loop thread of the queues using "
+                    "the clock (in a test coroutine); from another thread, use "
+                    "asyncio.run_coroutine_threadsafe(clock.sleep(...), loop)"
+                )
         return self._now + seconds
 
     def _drop_cancelled_locked(self) -> None:

@@ -115,10 +115,10 @@ async def test_timer_armed_by_a_timer_fires_within_the_same_advance():
     assert clock.time() == 5.0
 
 
-@pytest.mark.parametrize("bad", [-1, float("nan"), "1", True])
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "1", True])
 def test_advance_rejects_bad_durations(bad):
     clock = FakeClock()
-    with pytest.raises(ValueError, match="seconds must be a number >= 0"):
+    with pytest.raises(ValueError, match="seconds must be a finite number >= 0"):
         clock.advance(bad)
 
 
@@ -160,3 +160,11 @@ async def test_expiry_armed_just_before_sleep_is_not_skipped(make_queue):
     assert await (await q.submit(abs, -1)) == 1
     await clock.sleep(3600)
     assert q.stats().results_expired == 1
+
+
+async def test_advance_from_another_thread_is_refused(make_queue):
+    clock = FakeClock()
+    await make_queue(1, clock=clock)
+    with pytest.raises(RuntimeError, match="must run on the event loop thread"):
+        await asyncio.to_thread(clock.advance, 1.0)
+    assert clock.time() == 0.0

@@ -205,3 +205,13 @@ async def test_no_listener_means_no_events_are_kept(make_queue):
     q = await make_queue(1)
     await asyncio.gather(*[await q.submit(abs, -i) for i in range(100)])
     assert q._sched._events == []
+
+
+async def test_a_bound_method_listener_is_removed_by_a_fresh_bound_method(make_queue):
+    q = await make_queue(1)
+    seen = Recorder()
+    q.add_listener(seen.__call__)
+    q.remove_listener(seen.__call__)  # a new bound-method object, same object and function
+    await (await q.submit(abs, -1))
+    await q.shutdown()
+    assert seen.events == []

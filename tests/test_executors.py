@@ -283,6 +283,87 @@ async def test_owned_process_pool_is_replaced_when_it_breaks(make_queue):
             pool.shutdown(wait=True)
 
 
+class UnpicklableError(Exception):
+    """Pickles, but cannot be rebuilt: its __init__ takes two arguments and passes one on."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(a)
+
+
+def return_unrebuildable() -> UnpicklableError:
+    return UnpicklableError(1, 2)
+
+
+@ONE_LOOP
+async def test_result_that_cannot_be_unpickled_fails_only_its_task(make_queue, process_pool):
+    # Unpickled by the pool's manager thread, such a result would break the
+    # whole pool and every task in flight with it.
+    q = await make_queue(2, executor=process_pool, retry=FAST)
+    bad = await q.get_result((await q.submit(return_unrebuildable)).task_id)
+    assert bad.status is TaskStatus.FAILED and bad.retry_count == 0
+    assert "cannot be unpickled" in " ".join(str(e) for e in causes(bad.error))
+    assert await (await q.submit(double, 21)) == 42  # the pool still works
+
+
+class ThreadPoolFactory:
+    """Makes thread pools; the first one breaks, as a pool whose thread initializer fails does."""
+
+    def __init__(self) -> None:
+        self.made: list[concurrent.futures.ThreadPoolExecutor] = []
+
+    def __call__(self) -> concurrent.futures.ThreadPoolExecutor:
+        initializer = _failing_initializer if not self.made else None
+        pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="hybrid_queue-test", initializer=initializer)
+        self.made.append(pool)
+        return pool
+
+
+def _failing_initializer() -> None:
+    raise OSError("the worker thread could not set up")
+
+
+async def test_owned_thread_pool_is_replaced_when_it_breaks(make_queue):
+    factory = ThreadPoolFactory()
+    q = await make_queue(2, executor=factory, retry=FAST)
+    broken = await q.get_result((await q.submit(abs, -1)).task_id)
+    assert broken.status is TaskStatus.FAILED and broken.retry_count == 0
+    assert "broke" in str(broken.error)
+    await wait_until(lambda: len(factory.made) == 2)
+    assert await asyncio.gather(*[await q.submit(abs, -i) for i in range(4)]) == [0, 1, 2, 3]
+    await q.shutdown()
+    assert all(pool._shutdown for pool in factory.made)
+
+
+def _refuse() -> concurrent.futures.Executor:
+    raise OSError("no executor today")
+
+
+def test_failed_start_background_leaves_a_queue_that_shuts_down():
+    q = HybridQueue(1, executor=_refuse)
+    future = q.submit_blocking(abs, -1)
+    with pytest.raises(OSError, match="no executor today"):
+        q.start_background()
+    q.shutdown_blocking()  # settles what was submitted, on a loop of its own
+    assert future.cancelled()
+
+
+def test_no_replacement_once_the_queue_has_taken_its_executor():
+    made: list[concurrent.futures.Executor] = []
+
+    def factory() -> concurrent.futures.Executor:
+        made.append(concurrent.futures.ThreadPoolExecutor(1))
+        return made[-1]
+
+    q = HybridQueue(1, executor=factory)
+    runner = q._runner
+    runner.open()
+    first = runner.take_executor()  # what shutdown does
+    assert first is made[0]
+    assert runner._replace(first) is None  # a late report of a break makes nothing new
+    assert len(made) == 1
+    first.shutdown()
+
+
 # -------------------------------------------------------------------- loky
 
 
