@@ -188,6 +188,7 @@ class HybridQueue:
             self._lifecycle = "stopped"
             self._sched.close()
             await self._shutdown_executor(wait)
+            self._sched.flush_events()
             return
         self._lifecycle = "stopping"
         logger.debug("queue shutting down (wait=%s, timeout=%s)", wait, timeout)

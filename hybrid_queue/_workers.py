@@ -60,7 +60,6 @@ class Runner:
         # open(), replaced when one breaks, shut down by the queue.
         self._factory = factory
         self._executor: concurrent.futures.Executor | None = None
-        self._inline = False
         # Guards _executor against two replacements of one broken executor,
         # and against a replacement once the queue has shut its executor.
         self._replacing = threading.Lock()
@@ -78,9 +77,8 @@ class Runner:
         scheduler.launch = self.launch
 
     def _use(self, executor: concurrent.futures.Executor) -> None:
-        # Thread pools run a chain of sync tasks in one submitted call; other
-        # executors get a RemoteCall, which may have to be pickled.
-        self._inline = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+        # One attribute, written whole: readers on other threads take the
+        # executor once and derive everything from that one object.
         self._executor = executor
 
     @property
@@ -149,7 +147,9 @@ class Runner:
             return self._sched.finish(task, attempt, False, None, error, retry=False)
         executor = self._executor
         assert executor is not None, "Runner.open() was not called before the first claim"
-        inline = self._inline
+        # Thread pools run a chain of sync tasks in one submitted call; other
+        # executors get a RemoteCall, which may have to be pickled.
+        inline = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
         try:
             if inline:
                 what: Callable[..., Any] = functools.partial(self._sync_chain, task, attempt)
@@ -189,16 +189,19 @@ class Runner:
         # so never start work from here (hand_over=False).
         if chain.cancelled():
             why = "cancelled it before it ran (shut down with cancel_futures=True?)"
+            advice = "do not shut down an executor while a HybridQueue still uses it"
         elif isinstance(chain.exception(), concurrent.futures.BrokenExecutor):
             why = f"broke before running it ({chain.exception()!r})"
+            advice = (
+                "the queue replaces its own pool"
+                if self._factory is not None
+                else "a pool you passed in stays broken: replace it, or pass a function that makes pools"
+            )
             if self._factory is not None:  # the queue's own pool: the loop replaces it
                 self._sched.post(self._replace, executor)
         else:
             return  # the chain ran; it reported every task it held
-        error = RuntimeError(
-            f"the executor {why}: task {task.task_id!r} failed; "
-            "do not shut down an executor while a HybridQueue still uses it"
-        )
+        error = RuntimeError(f"the executor {why}: task {task.task_id!r} failed; {advice}")
         self._sched.finish(task, attempt, False, None, error, retry=False, hand_over=False)
 
     def _timed_out(self, task: Task, attempt: int) -> None:
@@ -219,7 +222,7 @@ class Runner:
             # works (not started yet; a Dask task, released) the future's
             # callback frees the slot now, and its outcome is dropped, as the
             # attempt has already failed. A running process cannot be stopped.
-            if not self._inline:
+            if not isinstance(self._executor, concurrent.futures.ThreadPoolExecutor):
                 self._sched.interrupt(task, attempt)
 
     def _abandon_late(self, task: Task, attempt: int) -> None:
@@ -437,13 +440,16 @@ def _call_sync(task: Task, attempt: int) -> tuple[bool, Any, BaseException | Non
 def _made(factory: Callable[[], concurrent.futures.Executor]) -> concurrent.futures.Executor:
     executor = factory()
     if not isinstance(executor, concurrent.futures.Executor):
-        raise TypeError(f"the executor factory {factory!r} returned {executor!r}, not a concurrent.futures.Executor")
+        raise TypeError(
+            f"the executor factory {factory!r} returned {executor!r}, not a concurrent.futures.Executor; "
+            "executor= takes an Executor, or a function of no arguments that returns a new one"
+        )
     return executor
 
 
 def _shut(executor: concurrent.futures.Executor, wait: bool) -> None:
     """Shut down an owned executor; cancel what it has not started unless waiting for it."""
-    try:
+    if "cancel_futures" in inspect.signature(executor.shutdown).parameters:
         executor.shutdown(wait=wait, cancel_futures=not wait)
-    except TypeError:  # an executor older than cancel_futures (Dask's ClientExecutor)
+    else:  # an executor older than cancel_futures (Dask's ClientExecutor)
         executor.shutdown(wait=wait)
