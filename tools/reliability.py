@@ -72,7 +72,11 @@ def _table(counts: dict[str, dict[str, int]], totals: dict[str, int]) -> list[st
         ),
         ("Tests checked for leaked threads", f("tests_checked_for_leaked_threads"), "conftest.py"),
         ("Tests checked for leaked asyncio tasks", f("tests_checked_for_leaked_asyncio_tasks"), "conftest.py"),
-        ("Tests checked for leaked timers", f("tests_checked_for_leaked_timers"), "conftest.py"),
+        (
+            "Tests checked for leaked timers (asyncio loop only: uvloop hides its timers)",
+            f("tests_checked_for_leaked_timers"),
+            "conftest.py",
+        ),
         (
             "Traced bytes left after 10,000 tasks and their TTL",
             f("tracemalloc_bytes_left_after_10000_tasks"),
