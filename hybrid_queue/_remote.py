@@ -69,33 +69,43 @@ class RemoteCall:
                     "submit the async function itself so it runs on the event loop"
                 )
             )
-        return Returned(value)
+        # Raises, when the value cannot be sent back: the executor's future
+        # then fails, which the queue reports and does not retry.
+        return Returned.packed(value)
 
 
 class Returned:
     """A handler's return value, back from an executor.
 
-    Pickled once, then unpickled once where it was made to check it: a value
-    that pickles but cannot be rebuilt (an exception whose ``__init__`` takes
-    arguments it does not pass on, say) would otherwise fail where the
-    executor unpickles it, which breaks a whole ProcessPoolExecutor. Such a
-    value raises a TypeError here instead, and fails only its own task.
+    Made by ``packed``, where the handler ran: the value is pickled there
+    once and unpickled once to check it, so that a value that pickles but
+    cannot be rebuilt (an exception whose ``__init__`` takes arguments it does
+    not pass on, say), or does not pickle at all, fails its own task at once.
+    Found later, where the executor sends or unpickles it, it would break a
+    whole ProcessPoolExecutor, or leave a Dask task that never delivers.
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("_data", "value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, data: bytes | None = None) -> None:
         self.value = value
+        self._data = data
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        data = pickle.dumps(self.value, pickle.HIGHEST_PROTOCOL)
+    @classmethod
+    def packed(cls, value: Any) -> Returned:
+        """The outcome for ``value``, checked; raises TypeError when it cannot make the trip back."""
         try:
+            data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
             pickle.loads(data)
         except Exception as exc:
             raise TypeError(
-                f"the handler's result {type(self.value).__qualname__} pickles but cannot be unpickled ({exc!r}); "
-                "return a value that survives a pickle round trip"
+                f"the handler's result ({type(value).__qualname__}) cannot be pickled and unpickled to send "
+                f"it back ({exc!r}); return a value that survives a pickle round trip"
             ) from None
+        return cls(value, data)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        data = self._data if self._data is not None else pickle.dumps(self.value, pickle.HIGHEST_PROTOCOL)
         return (_rebuild_returned, (data,))
 
 

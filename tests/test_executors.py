@@ -301,7 +301,7 @@ async def test_result_that_cannot_be_unpickled_fails_only_its_task(make_queue, p
     q = await make_queue(2, executor=process_pool, retry=FAST)
     bad = await q.get_result((await q.submit(return_unrebuildable)).task_id)
     assert bad.status is TaskStatus.FAILED and bad.retry_count == 0
-    assert "cannot be unpickled" in " ".join(str(e) for e in causes(bad.error))
+    assert "cannot be pickled and unpickled" in " ".join(str(e) for e in causes(bad.error))
     assert await (await q.submit(double, 21)) == 42  # the pool still works
 
 
