@@ -24,6 +24,9 @@ What ``client.get_executor()`` alone would get wrong, and this executor does not
   then is never delivered: the task would hang. Here the worker serializes
   the result once as soon as the handler returns, and a failure ends the task
   with a TypeError saying so. (That costs one extra serialization per result.)
+- **Results come back in batches.** ``get_executor()`` fetches each result
+  with a round trip of its own; here one thread waits for whatever has
+  finished and fetches the whole batch with one ``Client.gather``.
 
 The handler, its arguments and its result must be serializable by Dask
 (pickle, or cloudpickle for lambdas and local functions), and hybrid_queue
