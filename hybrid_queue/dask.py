@@ -141,8 +141,6 @@ class DaskExecutor(concurrent.futures.Executor):
                 future.cancel()
         if wait and live:
             concurrent.futures.wait(live)
-        if first:
-            self._results.close()
         if first and self._owns_client:
             self._client.close()  # type: ignore[no-untyped-call]
 
@@ -254,9 +252,6 @@ class _Results:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="hybrid_queue-dask-results", daemon=True)
                 self._thread.start()
-
-    def close(self) -> None:
-        """Nothing to do: the thread ends by itself once no task is in flight."""
 
     def _run(self) -> None:
         while True:
