@@ -449,7 +449,8 @@ def _made(factory: Callable[[], concurrent.futures.Executor]) -> concurrent.futu
 
 def _shut(executor: concurrent.futures.Executor, wait: bool) -> None:
     """Shut down an owned executor; cancel what it has not started unless waiting for it."""
-    if "cancel_futures" in inspect.signature(executor.shutdown).parameters:
+    parameters = inspect.signature(executor.shutdown).parameters
+    if "cancel_futures" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         executor.shutdown(wait=wait, cancel_futures=not wait)
     else:  # an executor older than cancel_futures (Dask's ClientExecutor)
         executor.shutdown(wait=wait)

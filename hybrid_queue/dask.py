@@ -24,9 +24,6 @@ What ``client.get_executor()`` alone would get wrong, and this executor does not
   then is never delivered: the task would hang. Here the worker serializes
   the result once as soon as the handler returns, and a failure ends the task
   with a TypeError saying so. (That costs one extra serialization per result.)
-- **Results come back in batches.** ``get_executor()`` fetches each result
-  with a round trip of its own; here one thread waits for whatever has
-  finished and fetches the whole batch with one ``Client.gather``.
 
 The handler, its arguments and its result must be serializable by Dask
 (pickle, or cloudpickle for lambdas and local functions), and hybrid_queue
@@ -41,7 +38,6 @@ setting (3 by default), then fails it with ``distributed.KilledWorker``.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -77,8 +73,12 @@ class DaskExecutor(concurrent.futures.Executor):
         self._client = client
         self._owns_client = owns_client
         self._options = dict(options)
-        # Fetches results in batches; see _Results.
-        self._results = _Results(client)
+        # Dask's own executor does the bookkeeping of each call: its future
+        # stays PENDING until the task ends, so cancel() works as long as the
+        # task does and releases the task, and each result is fetched on the
+        # client's event loop, so a result that Dask must recompute (its
+        # worker died) holds up no other. pure=False: see the module.
+        self._inner = client.get_executor(pure=False)  # type: ignore[no-untyped-call]
         # Futures of calls not finished yet, for shutdown(); weak, so that a
         # finished call is not kept alive by the executor.
         self._live: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
@@ -110,15 +110,13 @@ class DaskExecutor(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot submit to a DaskExecutor after shutdown(); make a new one")
             try:
-                task = self._client.submit(call, *args, pure=False, **self._options)
+                future: concurrent.futures.Future[T] = self._inner.submit(call, *args, **self._options)
             except TypeError as exc:  # distributed's way of saying "could not serialize"
                 raise TypeError(
                     f"could not send {call.__name__} and its arguments to the Dask cluster ({exc}); the handler, "
                     "its arguments and keyword arguments must be picklable (or cloudpicklable)"
                 ) from exc
-            future: concurrent.futures.Future[T] = concurrent.futures.Future()
             self._live.add(future)
-        self._results.track(task, future)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -219,90 +217,3 @@ class _Call:
                 f"worker ({type(value).__qualname__}: {exc}); return a picklable value"
             ) from None
         return value
-
-
-class _Results:
-    """Moves the outcomes of Dask tasks into their ``concurrent.futures`` futures.
-
-    One result fetch per task (what ``Client.get_executor()`` does) costs a
-    round trip each. Here one thread waits for whatever has finished, and
-    fetches the results of the whole batch with one ``Client.gather``. The
-    thread runs only while tasks are in flight; it exits when none is left.
-
-    A ``concurrent.futures`` future stays PENDING until its task ends, so
-    cancelling it works as long as the task does: that cancels the Dask task.
-    """
-
-    def __init__(self, client: distributed.Client) -> None:
-        self._client = client
-        # Guards _pending and _thread. Invariant: a task is in _pending from
-        # track() until its outcome is handed to its future, and the thread
-        # runs whenever _pending is not empty.
-        self._lock = threading.Lock()
-        self._pending: dict[Any, concurrent.futures.Future[Any]] = {}
-        self._finished = distributed.as_completed(loop=client.loop)  # type: ignore[no-untyped-call]
-        self._thread: threading.Thread | None = None
-
-    def track(self, task: Any, future: concurrent.futures.Future[Any]) -> None:
-        """Hand the outcome of the Dask ``task`` to ``future`` once it ends. Any thread."""
-        future.add_done_callback(functools.partial(_cancel_task, task))
-        with self._lock:
-            self._pending[task] = future
-            self._finished.add(task)  # type: ignore[no-untyped-call]
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="hybrid_queue-dask-results", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._pending:
-                    self._thread = None
-                    return
-            try:
-                batch = self._finished.next_batch(block=True)  # type: ignore[no-untyped-call]
-            except StopIteration:  # emptied between our check and its own
-                continue
-            self._settle(batch)
-
-    def _settle(self, batch: list[Any]) -> None:
-        with self._lock:
-            futures = [(task, self._pending.pop(task, None)) for task in batch]
-        finished = [task for task, future in futures if future is not None and task.status == "finished"]
-        values: dict[Any, Any] = {}
-        if finished:
-            try:
-                values = dict(zip(finished, self._client.gather(finished), strict=True))  # type: ignore[no-untyped-call]
-            except Exception:  # one of them lost meanwhile: fetch them one by one below
-                values = {}
-        for task, future in futures:
-            if future is None or future.done():
-                continue
-            try:
-                if task in values:
-                    future.set_result(values[task])
-                elif task.status == "cancelled":
-                    future.cancel()  # _cancel_task then tells its waiters
-                else:
-                    error = task.exception()
-                    if error is None:
-                        future.set_result(task.result())
-                    else:
-                        future.set_exception(error)
-            except concurrent.futures.InvalidStateError:  # cancelled by its owner meanwhile
-                pass
-            except BaseException as exc:  # the task's outcome could not be fetched
-                if not future.done():
-                    future.set_exception(exc)
-
-
-def _cancel_task(task: Any, future: concurrent.futures.Future[Any]) -> None:
-    # Done callback of a task's concurrent future. A cancelled one cancels
-    # its Dask task, and moves on to the state that concurrent.futures.wait()
-    # and as_completed() count as done (an executor does that when it
-    # dequeues a cancelled call; no call is dequeued here).
-    if not future.cancelled():
-        return
-    future.set_running_or_notify_cancel()
-    if task.status != "cancelled":
-        task.cancel()
