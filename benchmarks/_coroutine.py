@@ -14,13 +14,31 @@ from hybrid_queue import HybridQueue
 from ._harness import WORKERS, Tally, check_equal, run_async
 from ._throughput import Contender
 
-__all__ = ["CONTENDERS", "REFERENCE", "TARGET_ROW", "hybrid_queue_round", "on_loop", "priority_queue_round"]
+__all__ = [
+    "CONTENDERS",
+    "REFERENCE",
+    "TARGET_ROW",
+    "hybrid_queue_round",
+    "on_loop",
+    "priority_queue_round",
+    "priority_queue_worker",
+]
 
 REFERENCE = f"asyncio.PriorityQueue + {WORKERS} workers"
 TARGET_ROW = "hybrid_queue: await submit, await each"
 
 # What the reference queues: (priority, seq, handler, its argument, the task's future).
 _Entry = tuple[int, int, Callable[[int], Awaitable[object]], int, asyncio.Future[object]]
+
+
+async def priority_queue_worker(queue: asyncio.PriorityQueue[_Entry]) -> None:
+    """One worker of the reference: run each entry's handler and settle its future, until cancelled."""
+    while True:
+        _, _, fn, arg, future = await queue.get()
+        try:
+            future.set_result(await fn(arg))
+        except Exception as exc:
+            future.set_exception(exc)
 
 
 async def priority_queue_round(n: int, workers: int) -> float:
@@ -36,16 +54,7 @@ async def priority_queue_round(n: int, workers: int) -> float:
     started = perf_counter()
     loop = asyncio.get_running_loop()
     queue: asyncio.PriorityQueue[_Entry] = asyncio.PriorityQueue()
-
-    async def worker() -> None:
-        while True:
-            _, _, fn, arg, future = await queue.get()
-            try:
-                future.set_result(await fn(arg))
-            except Exception as exc:
-                future.set_exception(exc)
-
-    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+    tasks = [asyncio.create_task(priority_queue_worker(queue)) for _ in range(workers)]
     futures = []
     for i in range(n):
         future = loop.create_future()

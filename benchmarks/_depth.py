@@ -10,6 +10,7 @@ from typing import Any
 
 from hybrid_queue import HybridQueue
 
+from ._coroutine import priority_queue_worker
 from ._harness import WORKERS, Job, Settings, Tally, check_equal, median, run_async
 
 __all__ = ["KINDS", "depth_jobs", "depth_rows", "repetitions"]
@@ -59,16 +60,7 @@ async def _priority_queue(depth: int) -> tuple[float, float]:
     tally = Tally(depth)
     mark = tally.coroutine()
     loop = asyncio.get_running_loop()
-    queue: asyncio.PriorityQueue[tuple[int, int, Any, int, asyncio.Future[None]]] = asyncio.PriorityQueue()
-
-    async def worker() -> None:
-        while True:
-            _, _, fn, arg, future = await queue.get()
-            try:
-                future.set_result(await fn(arg))
-            except Exception as exc:
-                future.set_exception(exc)
-
+    queue: asyncio.PriorityQueue[Any] = asyncio.PriorityQueue()
     t0 = perf_counter()
     futures = []
     for i in range(depth):
@@ -76,7 +68,7 @@ async def _priority_queue(depth: int) -> tuple[float, float]:
         queue.put_nowait((0, i, mark, i, future))
         futures.append(future)
     t1 = perf_counter()
-    tasks = [asyncio.create_task(worker()) for _ in range(WORKERS)]
+    tasks = [asyncio.create_task(priority_queue_worker(queue)) for _ in range(WORKERS)]
     for future in futures:
         await future
     t2 = perf_counter()
