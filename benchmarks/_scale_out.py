@@ -28,6 +28,7 @@ from typing import Any
 from hybrid_queue import HybridQueue
 
 from ._harness import CheckFailed, Job, Settings, check_equal, median, run_async
+from ._throughput import throughput_row
 
 __all__ = [
     "OVERHEAD_REFERENCE",
@@ -260,24 +261,6 @@ def scale_out_jobs(settings: Settings) -> list[Job]:
 _ITERATIONS: dict[bool, int] = {}
 
 
-def _row(name: str, seconds: list[float], n: int, versus: str | None, note: str, reference: float) -> dict[str, Any]:
-    med = median(seconds)
-    return {
-        "name": name,
-        "reference": versus is None,
-        "versus": versus or name,
-        "note": note,
-        "n": n,
-        "rounds_s": seconds,
-        "checked_rounds": len(seconds),
-        "median_s": med,
-        "us_per_task": med / n * 1e6,
-        "tasks_per_s": n / med,
-        "spread_pct": (max(seconds) - min(seconds)) / med * 100,
-        "ratio": med / reference,
-    }
-
-
 def scale_out_results(samples: dict[tuple[str, str, str], list[Any]], settings: Settings) -> dict[str, Any]:
     """The group's two tables (rows as the throughput groups have them) and what they ran."""
     sizes = QUICK if settings.quick else FULL
@@ -289,15 +272,19 @@ def scale_out_results(samples: dict[tuple[str, str, str], list[Any]], settings: 
     n, m = sizes.cpu_tasks, sizes.overhead_tasks
     base = median(seconds(THREADS))
     throughput = [
-        _row(THREADS, seconds(THREADS), n, None, "the GIL runs one handler at a time", base),
-        _row(PROCESSES, seconds(PROCESSES), n, THREADS, "pool made once, passed in", base),
-        _row(DASK, seconds(DASK), n, THREADS, "cluster made once; 1 thread per worker", base),
+        throughput_row(THREADS, seconds(THREADS), n, None, "the GIL runs one handler at a time", base),
+        throughput_row(PROCESSES, seconds(PROCESSES), n, THREADS, "pool made once, passed in", base),
+        throughput_row(DASK, seconds(DASK), n, THREADS, "cluster made once; 1 thread per worker", base),
     ]
     ref = median(seconds(OVERHEAD_REFERENCE))
     overhead = [
-        _row(OVERHEAD_REFERENCE, seconds(OVERHEAD_REFERENCE), m, None, "no queue: all submitted, then gathered", ref),
-        _row(CLIENT_EXECUTOR, seconds(CLIENT_EXECUTOR), m, OVERHEAD_REFERENCE, "Dask's concurrent.futures face", ref),
-        _row(
+        throughput_row(
+            OVERHEAD_REFERENCE, seconds(OVERHEAD_REFERENCE), m, None, "no queue: all submitted, then gathered", ref
+        ),
+        throughput_row(
+            CLIENT_EXECUTOR, seconds(CLIENT_EXECUTOR), m, OVERHEAD_REFERENCE, "Dask's concurrent.futures face", ref
+        ),
+        throughput_row(
             OVERHEAD_TARGET,
             seconds(OVERHEAD_TARGET),
             m,

@@ -9,7 +9,7 @@ from typing import Any
 
 from ._harness import Job, Settings, median
 
-__all__ = ["Contender", "throughput_jobs", "throughput_rows"]
+__all__ = ["Contender", "throughput_jobs", "throughput_row", "throughput_rows"]
 
 # What the timed span of every throughput contender covers, printed above the tables.
 TIMED_SPAN = (
@@ -48,25 +48,31 @@ def throughput_rows(
 ) -> list[dict[str, Any]]:
     """The table rows of one group under one loop kind: medians, us per task, tasks/s, ratios."""
     medians = {c.name: median(samples[(group, loop, c.name)]) for c in contenders}
-    rows = []
-    for c in contenders:
-        seconds = samples[(group, loop, c.name)]
-        med = medians[c.name]
-        reference = c.versus or c.name
-        rows.append(
-            {
-                "name": c.name,
-                "reference": c.versus is None,
-                "versus": reference,
-                "note": c.note,
-                "n": n,
-                "rounds_s": seconds,
-                "checked_rounds": len(seconds),
-                "median_s": med,
-                "us_per_task": med / n * 1e6,
-                "tasks_per_s": n / med,
-                "spread_pct": (max(seconds) - min(seconds)) / med * 100,
-                "ratio": med / medians[reference],
-            }
-        )
-    return rows
+    return [
+        throughput_row(c.name, samples[(group, loop, c.name)], n, c.versus, c.note, medians[c.versus or c.name])
+        for c in contenders
+    ]
+
+
+def throughput_row(
+    name: str, seconds: list[float], n: int, versus: str | None, note: str, reference_median: float
+) -> dict[str, Any]:
+    """One table row: ``seconds`` per round for ``n`` tasks, against the median of the row ``versus``
+
+    (None: this row is the reference).
+    """
+    med = median(seconds)
+    return {
+        "name": name,
+        "reference": versus is None,
+        "versus": versus or name,
+        "note": note,
+        "n": n,
+        "rounds_s": seconds,
+        "checked_rounds": len(seconds),
+        "median_s": med,
+        "us_per_task": med / n * 1e6,
+        "tasks_per_s": n / med,
+        "spread_pct": (max(seconds) - min(seconds)) / med * 100,
+        "ratio": med / reference_median,
+    }
