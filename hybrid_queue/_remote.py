@@ -95,8 +95,7 @@ class Returned:
     def packed(cls, value: Any) -> Returned:
         """The outcome for ``value``, checked; raises TypeError when it cannot make the trip back."""
         try:
-            data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-            pickle.loads(data)
+            data = _round_trip(value)
         except Exception as exc:
             raise TypeError(
                 f"the handler's result ({type(value).__qualname__}) cannot be pickled and unpickled to send "
@@ -128,10 +127,11 @@ class Raised:
         error = self.error
         text = "".join(traceback.format_exception(error))
         try:
-            pickle.loads(pickle.dumps(error))
+            data = _round_trip(error)
         except Exception as exc:
-            error = RuntimeError(f"the handler raised {error!r}, which cannot be pickled to send it back ({exc!r})")
-        return (_rebuild_raised, (error, text))
+            unsendable = f"the handler raised {error!r}, which cannot be pickled to send it back ({exc!r})"
+            data = pickle.dumps(RuntimeError(unsendable), pickle.HIGHEST_PROTOCOL)
+        return (_rebuild_raised, (data, text))
 
 
 class RemoteTraceback(Exception):
@@ -141,11 +141,20 @@ class RemoteTraceback(Exception):
         return str(self.args[0]) if self.args else ""
 
 
+def _round_trip(obj: Any) -> bytes:
+    # ``obj`` pickled, once the bytes are known to unpickle here: what the
+    # other side will do with them, where a failure costs more.
+    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    pickle.loads(data)
+    return data
+
+
 def _rebuild_returned(data: bytes) -> Returned:
     return Returned(pickle.loads(data))
 
 
-def _rebuild_raised(error: BaseException, text: str) -> Raised:
+def _rebuild_raised(data: bytes, text: str) -> Raised:
+    error: BaseException = pickle.loads(data)
     error.__cause__ = RemoteTraceback(f"\n{text}")
     return Raised(error)
 

@@ -86,10 +86,6 @@ class Runner:
         """The executor sync handlers go to now (None before open() of an owned one)."""
         return self._executor
 
-    @property
-    def owns_executor(self) -> bool:
-        return self._factory is not None
-
     def open(self) -> None:
         """Make the owned executor, if the queue owns one and has none yet. Before the first claim."""
         if self._factory is not None and self._executor is None:
