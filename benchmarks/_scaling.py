@@ -25,7 +25,8 @@ def contenders(worker_counts: Sequence[int]) -> tuple[Contender, ...]:
 
     Each kind's row at the smallest count is its reference, so the ratio
     column shows what more workers cost that kind. The reference creates its
-    worker coroutines up front; hybrid_queue creates them as tasks are claimed.
+    worker coroutines up front; hybrid_queue creates one only for a claimed
+    task that finds every worker it has suspended in a handler.
     """
     base = worker_counts[0]
     rows = []

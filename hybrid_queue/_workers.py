@@ -3,7 +3,10 @@
 A worker slot, once claimed from the scheduler, moves with the work:
 
 - a worker coroutine on the loop awaits coroutine handlers directly, one
-  after another, for as long as the heap hands it coroutine tasks;
+  after another, for as long as the heap hands it coroutine tasks; a new
+  worker is made only when a claimed task finds every worker suspended in
+  a handler, so handlers that never suspend need one worker, however many
+  slots there are;
 - with a thread pool, the executor thread that ran a sync handler asks the
   scheduler for the next task itself and runs it too if it is sync, so a
   stream of sync tasks never crosses to the loop at all;
@@ -67,9 +70,16 @@ class Runner:
         if executor is not None:
             self._use(executor)
         # Loop thread only: parked workers (each waits on its future for a
-        # claimed task, or None to exit) and every worker task alive.
+        # claimed task, or None to exit), every worker task alive, and claims
+        # that found no parked worker. Those wait in _ready for a worker that
+        # finishes its handler, or for _spawn, which makes workers only for
+        # claims still waiting once the running workers have yielded: a stream
+        # of handlers that never suspend needs one worker, not one per slot.
         self._parked: deque[asyncio.Future[tuple[Task, int] | None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
+        self._ready: deque[tuple[Task, int]] = deque()
+        self._spawn_posted = False
+        self._spawn_burst = 1
         self._closing = False
         # Per-thread queue of starts, so that an executor which completes a
         # future inside submit() cannot recurse once per task.
@@ -285,15 +295,45 @@ class Runner:
     # -------------------------------------------------------- coroutine handlers
 
     def _start_coro(self, task: Task, attempt: int) -> None:
-        # Loop thread: give the claim to a parked worker, or make a worker.
+        # Loop thread: give the claim to a parked worker, or leave it ready
+        # for the next worker that is free, making one later if none is.
         parked = self._parked
         while parked:
             waiter = parked.popleft()
             if not waiter.done():
                 waiter.set_result((task, attempt))
                 return
+        self._ready.append((task, attempt))
+        if not self._spawn_posted:
+            self._spawn_posted = True
+            assert self._sched.loop is not None
+            self._sched.loop.call_soon(self._spawn)
+
+    def _spawn(self) -> None:
+        # Loop thread, queued behind the steps of every worker that was
+        # runnable when the claims came: whatever is still ready now found
+        # them all suspended in a handler (or there were none). Each round
+        # that still finds claims waiting makes twice as many workers as the
+        # last, so N handlers that all suspend start within log2(N) rounds.
+        self._spawn_posted = False
+        ready = self._ready
+        if not ready:
+            self._spawn_burst = 1
+            return
+        loop = self._sched.loop
+        assert loop is not None
+        for _ in range(min(self._spawn_burst, len(ready))):
+            self._make_worker(ready.popleft())
+        if ready:
+            self._spawn_burst *= 2
+            self._spawn_posted = True
+            loop.call_soon(self._spawn)
+        else:
+            self._spawn_burst = 1
+
+    def _make_worker(self, claim: tuple[Task, int]) -> None:
         assert self._sched.loop is not None
-        worker = self._sched.loop.create_task(self._work((task, attempt)), name="hybrid_queue-worker")
+        worker = self._sched.loop.create_task(self._work(claim), name="hybrid_queue-worker")
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
 
@@ -302,14 +342,24 @@ class Runner:
         # one it parks until _start_coro hands it a claim, or close() None.
         me = asyncio.current_task()
         assert me is not None and self._sched.loop is not None
+        ready = self._ready
         while claim is not None:
             task, attempt = claim
             if task.is_coro:
                 claim = await self._run_coro(me, task, attempt)
+                if ready:
+                    # Claims made before this one wait longest: run them
+                    # first. Each holds a slot of its own, as this one does.
+                    if claim is not None:
+                        ready.append(claim)
+                    claim = ready.popleft()
                 if claim is not None:
                     continue
             else:
                 self._start(task, attempt)  # the slot goes with the sync task
+                if ready:
+                    claim = ready.popleft()
+                    continue
             # A parked frame must not keep the last task (and its result) alive.
             claim = None
             del task
@@ -389,6 +439,10 @@ class Runner:
             waiter = self._parked.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+        # Claims still waiting for a worker get one each now, so that the
+        # wait below covers them (each holds a slot until its worker reports).
+        while self._ready:
+            self._make_worker(self._ready.popleft())
         if not self._workers:
             return True
         _, stuck = await asyncio.wait(set(self._workers), timeout=grace)

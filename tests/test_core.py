@@ -183,6 +183,40 @@ async def test_thousand_workers(make_queue):
     assert await asyncio.gather(*handles) == list(range(1000))
 
 
+async def test_handlers_that_never_suspend_run_on_one_worker(make_queue):
+    # 1,000 free slots, yet no handler ever waits: a worker is made only for
+    # claims that find every worker suspended, so one worker runs them all.
+    q = await make_queue(1000)
+    runners = set()
+
+    async def handler(i):
+        runners.add(asyncio.current_task())
+        return i
+
+    handles = [await q.submit(handler, i) for i in range(5000)]
+    assert await asyncio.gather(*handles) == list(range(5000))
+    assert len(runners) == 1
+    assert q.stats().busy_workers == 0
+
+
+async def test_claims_waiting_for_a_worker_are_settled_by_shutdown(make_queue):
+    # The claims are made at submit; no worker has run yet when shutdown
+    # cancels them, and each slot must still come back.
+    q = await make_queue(4)
+    ran = []
+
+    async def handler(i):
+        ran.append(i)
+
+    handles = [q.submit_nowait(handler, i) for i in range(4)]
+    assert q.stats().running == 4
+    await q.shutdown(wait=False)
+    assert ran == []
+    assert all(h.cancelled() for h in handles)
+    s = q.stats()
+    assert (s.cancelled, s.busy_workers, s.running) == (4, 0, 0)
+
+
 async def test_submit_before_start_waits_until_start(make_queue):
     q = await make_queue(2, start=False)
     ran = []
