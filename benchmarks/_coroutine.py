@@ -70,19 +70,24 @@ async def priority_queue_round(n: int, workers: int) -> float:
     return elapsed
 
 
-async def hybrid_queue_round(n: int, workers: int, *, wait: str = "each", nowait: bool = False) -> float:
+async def hybrid_queue_round(
+    n: int, workers: int, *, wait: str = "each", nowait: bool = False, batch: bool = False
+) -> float:
     """hybrid_queue with coroutine handlers: submit all N, then wait for every handle.
 
     ``wait="each"`` awaits the handles one by one, ``"gather"`` passes them
     all to ``asyncio.gather`` (a TaskHandle is a Future, so gather wraps
-    nothing in a Task). ``nowait`` submits with ``submit_nowait``.
+    nothing in a Task). ``nowait`` submits with ``submit_nowait``, ``batch``
+    with one ``submit_many``.
     """
     tally = Tally(n)
     mark = tally.coroutine()
     started = perf_counter()
     queue = HybridQueue(workers)
     await queue.start()
-    if nowait:
+    if batch:
+        handles = await queue.submit_many(mark, range(n))
+    elif nowait:
         submit_nowait = queue.submit_nowait
         handles = [submit_nowait(mark, i) for i in range(n)]
     else:
@@ -95,7 +100,7 @@ async def hybrid_queue_round(n: int, workers: int, *, wait: str = "each", nowait
             await handle
     await queue.shutdown()
     elapsed = perf_counter() - started
-    who = f"hybrid_queue ({workers} workers, wait={wait}, nowait={nowait})"
+    who = f"hybrid_queue ({workers} workers, wait={wait}, nowait={nowait}, batch={batch})"
     tally.check(who)
     check_equal(who, "stats().completed", queue.stats().completed, n)
     return elapsed
@@ -163,5 +168,11 @@ CONTENDERS = (
         on_loop(lambda n: hybrid_queue_round(n, WORKERS, nowait=True)),
         REFERENCE,
         "the like-for-like of put_nowait",
+    ),
+    Contender(
+        "hybrid_queue: submit_many, await each",
+        on_loop(lambda n: hybrid_queue_round(n, WORKERS, batch=True)),
+        REFERENCE,
+        "one batch of N",
     ),
 )

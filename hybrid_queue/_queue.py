@@ -9,7 +9,7 @@ import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Sized
 from types import TracebackType
 from typing import Any, TypeVar, TypeVarTuple, overload
 
@@ -28,6 +28,7 @@ from ._workers import Runner, _shut
 __all__ = ["HybridQueue"]
 
 T = TypeVar("T")
+A = TypeVar("A")
 Ts = TypeVarTuple("Ts")
 
 logger = logging.getLogger("hybrid_queue")
@@ -427,6 +428,120 @@ class HybridQueue:
         handle = task.handle = self._handle(task, loop)
         self._sched.add(task, loop)
         return handle
+
+    @overload
+    async def submit_many(
+        self,
+        fn: Callable[[A], Coroutine[Any, Any, T]],
+        arguments: Iterable[A],
+        /,
+        *,
+        priority: int = 0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> list[TaskHandle[T]]: ...
+
+    @overload
+    async def submit_many(
+        self,
+        fn: Callable[[A], T],
+        arguments: Iterable[A],
+        /,
+        *,
+        priority: int = 0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> list[TaskHandle[T]]: ...
+
+    @overload
+    async def submit_many(
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        first: Iterable[Any],
+        second: Iterable[Any],
+        /,
+        *more: Iterable[Any],
+        priority: int = 0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> list[TaskHandle[T]]: ...
+
+    @overload
+    async def submit_many(
+        self,
+        fn: Callable[..., T],
+        first: Iterable[Any],
+        second: Iterable[Any],
+        /,
+        *more: Iterable[Any],
+        priority: int = 0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> list[TaskHandle[T]]: ...
+
+    # Typed for one iterable exactly; two or more are checked only for the return type.
+    async def submit_many(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *iterables: Iterable[Any],
+        priority: int = 0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> list[TaskHandle[Any]]:
+        """Queue ``fn(*args)`` for every ``args`` in ``zip(*iterables)``; return their handles, in order.
+
+        ``submit_many(fetch, urls)`` is ``[await submit(fetch, url) for url in
+        urls]`` made cheaper: the handler and options are checked once and
+        the whole batch enters the queue in one step, all of it or none. The
+        iterables must have equal lengths. Tasks get generated ids; the
+        options apply to every task. In a bounded queue it waits until the
+        whole batch fits, so a batch larger than ``max_queue_size`` is a
+        ValueError. Handler keyword arguments: bind them with
+        ``functools.partial``.
+
+        Raises QueueShutDown once shutdown began, TypeError/ValueError for bad
+        arguments, before any task is queued. Loop thread.
+        """
+        if not iterables:
+            raise TypeError(
+                "submit_many() needs one iterable of arguments per parameter of the handler: "
+                "submit_many(fetch, urls), or submit_many(add, xs, ys)"
+            )
+        try:
+            batch = list(zip(*iterables, strict=True))
+        except ValueError:
+            lengths = ", ".join(str(len(it)) if isinstance(it, Sized) else "?" for it in iterables)
+            raise ValueError(
+                f"submit_many() got iterables of different lengths ({lengths}); pass one argument "
+                "per task in each, or use functools.partial for arguments that do not change"
+            ) from None
+        # One task checked as submit() would check it; the rest share its verdict.
+        first = self._task("submit_many", fn, batch[0] if batch else (), {}, priority, None, max_retries, timeout)
+        loop = asyncio.events._get_running_loop()
+        if loop is None:
+            raise _no_loop("submit_many")
+        n, bound = len(batch), self._sched.max_queue_size
+        if bound and n > bound:
+            raise ValueError(
+                f"a batch of {n} tasks can never fit in a queue of max_queue_size={bound}; "
+                "submit it in smaller batches, or raise max_queue_size"
+            )
+        is_coro, max_retries, timeout = first.is_coro, first.max_retries, first.timeout
+        tasks = [first] + [Task(None, fn, args, None, is_coro, priority, max_retries, timeout) for args in batch[1:]]
+        if not batch:
+            tasks = []  # nothing to queue; add_many still refuses a queue that is shutting down
+        handles = []
+        for task in tasks:
+            handle = task.handle = self._handle(task, loop)
+            handles.append(handle)
+        while True:
+            try:
+                self._sched.add_many(tasks, loop)
+            except QueueFull:
+                await self._sched.wait_for_room(loop, n)
+            else:
+                return handles
 
     @overload
     def submit_blocking(

@@ -280,7 +280,11 @@ class Scheduler:
                     self._room.wait()
                 finally:
                     self._thread_putters -= 1
-            claimed = _NOTHING if refused else self._accept_locked(task, loop)
+            if refused:
+                claimed = _NOTHING
+            else:
+                self._accept_locked(task, loop)
+                claimed = self._claim_locked() if self._free and self._started else _NOTHING
             dropped = self._take_dropped_locked() if self._dropped else None
         del dropped
         if refused:  # raised after the lock: a message's repr() is user code
@@ -288,7 +292,29 @@ class Scheduler:
         if claimed:
             self.launch(claimed)
 
-    def _refusal(self, why: str, task_id: Hashable) -> Exception:
+    def add_many(self, tasks: list[Task], loop: asyncio.AbstractEventLoop) -> None:
+        """Accept every task of ``tasks`` in one hold of the lock, or none of them.
+
+        The tasks must have no ``task_id`` (each gets a new one). Raises
+        QueueShutDown, or QueueFull when they do not all fit below
+        ``max_queue_size`` now; never blocks. ``loop`` as for ``add``.
+        """
+        refused = ""
+        with self.lock:
+            if not self._accepting or (self.loop is not None and self.loop.is_closed()):
+                refused = "closed"
+            elif self.max_queue_size and len(self._heap) + len(tasks) > self.max_queue_size:
+                refused = "full"
+            else:
+                for task in tasks:
+                    self._accept_locked(task, loop)
+            claimed = self._claim_locked() if not refused and self._free and self._started else _NOTHING
+        if refused:
+            raise self._refusal(refused, None, len(tasks))
+        if claimed:
+            self.launch(claimed)
+
+    def _refusal(self, why: str, task_id: Hashable, batch: int = 1) -> Exception:
         if why == "closed":
             if self._accepting:
                 return QueueShutDown(
@@ -301,13 +327,19 @@ class Scheduler:
                 "result; pass a new task_id, or forget() the old result first"
             )
         n = self.max_queue_size
+        if batch > 1:
+            return QueueFull(
+                f"a batch of {batch} tasks does not fit in the queue's room for {n} pending tasks now; "
+                "await submit_many() on the queue's loop to wait for room, or raise max_queue_size"
+            )
         return QueueFull(
             f"the queue holds its maximum of {n} pending task{'s' if n != 1 else ''}; "
             "await submit() on the queue's loop, or submit_blocking() from a thread "
             "without an event loop, to wait for room, or raise max_queue_size"
         )
 
-    def _accept_locked(self, task: Task, loop: asyncio.AbstractEventLoop | None) -> Claimed:
+    def _accept_locked(self, task: Task, loop: asyncio.AbstractEventLoop | None) -> None:
+        # Into the heap and the live index; the caller claims free slots after.
         task_id = task.task_id
         if loop is not self.loop:
             self._bind_locked(loop)
@@ -333,15 +365,14 @@ class Scheduler:
         self._submitted += 1
         if self._listeners:
             self._emit_locked(EventKind.SUBMITTED, task_id, 0, self.clock())
-        return self._claim_locked() if self._free and self._started else _NOTHING
 
-    async def wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Return once the heap is below its bound or the queue stopped accepting.
+    async def wait_for_room(self, loop: asyncio.AbstractEventLoop, room: int = 1) -> None:
+        """Return once the heap has ``room`` places below its bound, or the queue stopped accepting.
 
         On ``loop``, the caller's, which the queue binds to if it has none.
         """
         with self.lock:
-            if not self._accepting or len(self._heap) < self.max_queue_size:
+            if not self._accepting or len(self._heap) + room <= self.max_queue_size:
                 return
             self._bind_locked(loop)  # the wake-up comes through the bound loop
             waiter = loop.create_future()

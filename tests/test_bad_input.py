@@ -205,6 +205,14 @@ def submit_blocking_coroutine_object(q: HybridQueue) -> Any:
         coro.close()
 
 
+async def submit_many_coroutine_object(q: HybridQueue) -> Any:
+    coro = noop(1)
+    try:
+        return await q.submit_many(coro, [1])  # type: ignore[call-overload]
+    finally:
+        coro.close()
+
+
 PRIORITY = r"^priority must be an int \(higher runs first\), got "
 TIMEOUT = r"^timeout must be > 0 seconds or None, got "
 DUPLICATE = r"^task_id '{}' is already in use by a live task or a stored result"
@@ -346,6 +354,48 @@ CASES = [
         QueueFull,
         r"^the queue holds its maximum of 2 pending tasks",
         setup="full",
+    ),
+    # --- batches
+    Bad(
+        "submit_many-without-iterables",
+        lambda q: q.submit_many(noop),
+        TypeError,
+        r"^submit_many\(\) needs one iterable of arguments per parameter of the handler",
+    ),
+    Bad(
+        "submit_many-unequal-lengths",
+        lambda q: q.submit_many(noop, [1, 2], [3]),
+        ValueError,
+        r"^submit_many\(\) got iterables of different lengths \(2, 1\)",
+    ),
+    Bad(
+        "submit_many-priority='high'",
+        lambda q: q.submit_many(noop, [1, 2], priority="high"),
+        TypeError,
+        PRIORITY + "'high'$",
+    ),
+    Bad(
+        "submit_many-coroutine-object",
+        submit_many_coroutine_object,
+        TypeError,
+        r"^submit_many\(\) got a coroutine object; pass the async function",
+    ),
+    Bad(
+        "submit_many-larger-than-the-bound",
+        lambda q: q.submit_many(noop, range(3)),
+        ValueError,
+        r"^a batch of 3 tasks can never fit in a queue of max_queue_size=2",
+        setup="full",
+    ),
+    Bad(
+        "submit_many-from-another-loop",
+        in_thread(lambda q: asyncio.run(q.submit_many(noop, [1]))),
+        RuntimeError,
+        OTHER_LOOP,
+    ),
+    Bad("submit_many-after-shutdown", lambda q: q.submit_many(noop, [1]), QueueShutDown, SHUT_DOWN, setup="stopped"),
+    Bad(
+        "submit_many-empty-after-shutdown", lambda q: q.submit_many(noop, []), QueueShutDown, SHUT_DOWN, setup="stopped"
     ),
     # --- after shutdown
     Bad("submit-after-shutdown", lambda q: q.submit(noop, task_id="new"), QueueShutDown, SHUT_DOWN, setup="stopped"),

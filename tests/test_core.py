@@ -747,6 +747,62 @@ async def test_get_result_waits_then_times_out(make_queue):
     assert q._sched._live == {}
 
 
+# ------------------------------------------------------------ batch submit
+
+
+async def test_submit_many_returns_handles_in_order_and_keeps_priority_order(make_queue):
+    q = await make_queue(1, start=False)
+    ran = []
+
+    async def coro(tag):
+        ran.append(tag)
+        return tag
+
+    def add(x, y):
+        ran.append(x + y)
+        return x + y
+
+    low = await q.submit(coro, "low", priority=-1)
+    batch = await q.submit_many(coro, ["a", "b", "c"], priority=5)
+    sums = await q.submit_many(add, [1, 2], [10, 20])
+    assert len({h.task_id for h in (*batch, *sums, low)}) == 6
+    assert [q.status(h.task_id) for h in batch] == [TaskStatus.PENDING] * 3
+    await q.start()
+    assert await asyncio.gather(*batch) == ["a", "b", "c"]
+    assert await asyncio.gather(*sums) == [11, 22]
+    await low
+    assert ran == ["a", "b", "c", 11, 22, "low"]
+    s = q.stats()
+    assert (s.submitted, s.completed) == (6, 6)
+    assert (await q.get_result(batch[1].task_id)).result == "b"
+
+
+async def test_submit_many_enters_a_bounded_queue_whole_or_waits(make_queue):
+    q = await make_queue(1, max_queue_size=4, start=False)
+    await q.submit(abs, -1)
+    await q.submit(abs, -2)
+    with pytest.raises(QueueFull, match=r"^a batch of 3 tasks does not fit"):
+        q._sched.add_many(
+            [q._task("submit_many", abs, (i,), {}, 0, None, None, None) for i in range(3)], asyncio.get_running_loop()
+        )
+    batch = asyncio.create_task(q.submit_many(abs, [-3, -4, -5]))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # Room for two, not three: none of the batch went in.
+    assert not batch.done()
+    assert q.stats().submitted == 2
+    await q.start()
+    handles = await batch
+    assert await asyncio.gather(*handles) == [3, 4, 5]
+    assert q.stats().completed == 5
+
+
+async def test_submit_many_of_nothing_is_an_empty_list(make_queue):
+    q = await make_queue(1)
+    assert await q.submit_many(abs, []) == []
+    assert q.stats().submitted == 0
+
+
 # ---------------------------------------------------------- bounded queue
 
 

@@ -34,7 +34,13 @@ async def main(queue: HybridQueue) -> None:
     assert_type(queue.submit_blocking(parse, b"x").result(), int)
     assert_type(await queue.submit(functools.partial(parse, b"x")), TaskHandle[int])
 
+    assert_type(await queue.submit_many(fetch, ["a", "b"]), list[TaskHandle[bytes]])
+    assert_type(await queue.submit_many(parse, [b"x"], priority=2), list[TaskHandle[int]])
+    assert_type(await queue.submit_many(fetch, ["a"], [1]), list[TaskHandle[bytes]])
+
     # Wrong calls: argument types, argument counts, option types.
+    await queue.submit_many(fetch, [1, 2])  # type: ignore[arg-type]
+    await queue.submit_many(parse, [b"x"], task_id="one")  # type: ignore[call-overload]
     await queue.submit(fetch, 42)  # type: ignore[arg-type]
     await queue.submit(fetch)  # type: ignore[call-arg, arg-type]
     await queue.submit(fetch, "u", 1, 2)  # type: ignore[call-arg, arg-type]
