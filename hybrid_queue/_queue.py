@@ -21,7 +21,7 @@ from ._retry import RetryPolicy
 from ._scheduler import Scheduler
 from ._stats import QueueStats
 from ._store import ResultStore
-from ._task import Task, TaskFuture, TaskHandle, TaskResult, TaskStatus
+from ._task import Task, TaskFuture, TaskHandle, TaskResult, TaskStatus, fill_record
 from ._validate import check_int, check_max_retries, check_timeout, is_coroutine_function
 from ._workers import Runner, _shut
 
@@ -368,14 +368,12 @@ class HybridQueue:
         Raises QueueShutDown once shutdown began, DuplicateTaskError for a
         ``task_id`` in use, TypeError/ValueError for bad arguments. Loop thread.
         """
-        task = self._task("submit", fn, args, kwargs, priority, task_id, max_retries, timeout)
-        loop = asyncio.events._get_running_loop()
-        if loop is None:
-            raise _no_loop("submit")
-        handle = task.handle = self._handle(task, loop)
+        is_coro, max_retries, timeout = self._check("submit", fn, priority, task_id, max_retries, timeout)
+        loop = self._caller_loop("submit")
+        handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout)
         while True:
             try:
-                self._sched.add(task, loop)
+                self._sched.add(handle, loop)
             except QueueFull:
                 await self._sched.wait_for_room(loop)
             else:
@@ -421,12 +419,10 @@ class HybridQueue:
         **kwargs: Any,
     ) -> TaskHandle[Any]:
         """As ``submit``, but raise QueueFull instead of waiting for room. Loop thread."""
-        task = self._task("submit_nowait", fn, args, kwargs, priority, task_id, max_retries, timeout)
-        loop = asyncio.events._get_running_loop()
-        if loop is None:
-            raise _no_loop("submit_nowait")
-        handle = task.handle = self._handle(task, loop)
-        self._sched.add(task, loop)
+        is_coro, max_retries, timeout = self._check("submit_nowait", fn, priority, task_id, max_retries, timeout)
+        loop = self._caller_loop("submit_nowait")
+        handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout)
+        self._sched.add(handle, loop)
         return handle
 
     @overload
@@ -516,28 +512,23 @@ class HybridQueue:
                 f"submit_many() got iterables of different lengths ({lengths}); pass one argument "
                 "per task in each, or use functools.partial for arguments that do not change"
             ) from None
-        # One task checked as submit() would check it; the rest share its verdict.
-        first = self._task("submit_many", fn, batch[0] if batch else (), {}, priority, None, max_retries, timeout)
-        loop = asyncio.events._get_running_loop()
-        if loop is None:
-            raise _no_loop("submit_many")
+        # Checked once, as submit() would check one task; every task shares the verdict.
+        is_coro, max_retries, timeout = self._check("submit_many", fn, priority, None, max_retries, timeout)
+        loop = self._caller_loop("submit_many")
         n, bound = len(batch), self._sched.max_queue_size
         if bound and n > bound:
             raise ValueError(
                 f"a batch of {n} tasks can never fit in a queue of max_queue_size={bound}; "
                 "submit it in smaller batches, or raise max_queue_size"
             )
-        is_coro, max_retries, timeout = first.is_coro, first.max_retries, first.timeout
-        tasks = [first] + [Task(None, fn, args, None, is_coro, priority, max_retries, timeout) for args in batch[1:]]
-        if not batch:
-            tasks = []  # nothing to queue; add_many still refuses a queue that is shutting down
-        handles = []
-        for task in tasks:
-            handle = task.handle = self._handle(task, loop)
-            handles.append(handle)
+        handle = self._handle
+        # An empty batch still goes to add_many, which refuses a queue that is shutting down.
+        handles: list[TaskHandle[Any]] = [
+            handle(loop, None, fn, args, None, is_coro, priority, max_retries, timeout) for args in batch
+        ]
         while True:
             try:
-                self._sched.add_many(tasks, loop)
+                self._sched.add_many(handles, loop)
             except QueueFull:
                 await self._sched.wait_for_room(loop, n)
             else:
@@ -594,27 +585,42 @@ class HybridQueue:
                 "submit_blocking() was called on the queue's event loop thread, where blocking "
                 "would deadlock; use `await queue.submit(...)` there"
             )
-        task = self._task("submit_blocking", fn, args, kwargs, priority, task_id, max_retries, timeout)
+        is_coro, max_retries, timeout = self._check("submit_blocking", fn, priority, task_id, max_retries, timeout)
+        task = Task(task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout)
         future: TaskFuture[Any] = TaskFuture(self)
-        task.cfuture = future
+        task._cfuture = future
         # On the thread of some other event loop, never block it: QueueFull instead.
         self._sched.add(task, block=running is None)
         future.task_id = task.task_id
         return future
 
-    def _task(
+    def _caller_loop(self, method: str) -> asyncio.AbstractEventLoop:
+        # The calling thread's running loop; RuntimeError if it has none. On
+        # the queue's loop thread while that loop runs, no other loop can be
+        # running there: answer without asking asyncio, whose answer costs a
+        # getpid() system call (its check for a fork), 0.19 us here.
+        sched = self._sched
+        loop = sched.loop
+        if loop is not None and threading.get_ident() == sched.loop_thread and loop.is_running():
+            return loop
+        running = asyncio.events._get_running_loop()
+        if running is None:
+            raise _no_loop(method)
+        return running
+
+    def _check(
         self,
         method: str,
         fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
         priority: int,
         task_id: Hashable | None,
         max_retries: int | None,
         timeout: float | None,
-    ) -> Task:
-        # All argument checks, before anything changes. The usual case (same
-        # handler as last time, default options) takes the short branches.
+    ) -> tuple[bool, int, float | None]:
+        # All argument checks, before anything changes; returns whether fn is
+        # a coroutine function, and the task's max_retries and timeout. The
+        # usual case (same handler as last time, default options) takes the
+        # short branches.
         last_ref, last_is_coro = self._last_kind
         if last_ref is not None and last_ref() is fn:
             is_coro = last_is_coro
@@ -649,12 +655,23 @@ class HybridQueue:
             check_max_retries(max_retries)
         if timeout is not None:
             timeout = check_timeout("timeout", timeout, positive=True)
-        # Positional: keyword arguments would cost more than the rest of Task().
-        return Task(task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout)
+        return is_coro, max_retries, timeout
 
-    def _handle(self, task: Task, loop: asyncio.AbstractEventLoop) -> TaskHandle[Any]:
+    def _handle(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        task_id: Hashable | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        is_coro: bool,
+        priority: int,
+        max_retries: int,
+        timeout: float | None,
+    ) -> TaskHandle[Any]:
+        # A task submitted from async code: its handle is its record.
         handle: TaskHandle[Any] = TaskHandle(loop=loop)
-        handle.task_id = task.task_id
+        fill_record(handle, task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout)
         handle._queue_ref = self
         return handle
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._task import Task
+    from ._task import Record
 
 __all__ = ["Raised", "RemoteCall", "RemoteTraceback", "Returned", "executor_failure", "refusal_advice"]
 
@@ -159,7 +159,7 @@ def _rebuild_raised(data: bytes, text: str) -> Raised:
     return Raised(error)
 
 
-def executor_failure(task: Task, failure: BaseException) -> Exception:
+def executor_failure(task: Record, failure: BaseException) -> Exception:
     kind = type(failure)
     if isinstance(failure, concurrent.futures.BrokenExecutor):
         return RuntimeError(

@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from itertools import count
 from typing import Any
 
@@ -26,7 +26,7 @@ from ._heap import PriorityHeap
 from ._retry import RetryPolicy
 from ._stats import QueueStats
 from ._store import ResultStore
-from ._task import Task, TaskHandle, TaskResult, TaskStatus
+from ._task import Record, TaskHandle, TaskResult, TaskStatus
 
 __all__ = ["Scheduler"]
 
@@ -39,7 +39,7 @@ COMPLETED = TaskStatus.COMPLETED
 FAILED = TaskStatus.FAILED
 CANCELLED = TaskStatus.CANCELLED
 
-Claimed = list[tuple[Task, int]]
+Claimed = list[tuple[Record, int]]
 _new_tuple = tuple.__new__
 _CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _NOTHING: Claimed = []
@@ -83,8 +83,8 @@ class Scheduler:
         #   finish(), even if the task was cancelled or timed out meanwhile;
         # - a terminal task is in no structure but the result store.
         self.lock = threading.Lock()
-        self._heap: PriorityHeap[Task] = PriorityHeap()
-        self._live: dict[Hashable, Task] = {}
+        self._heap: PriorityHeap[Record] = PriorityHeap()
+        self._live: dict[Hashable, Record] = {}
         self._store = store
         self._free = workers
         self._started = False
@@ -95,7 +95,7 @@ class Scheduler:
         self._completed = self._failed = self._cancelled = self._retries = 0
         self._expired = self._evicted = 0
         # Loop thread only: the task whose handler interrupt() is cancelling.
-        self._interrupting: Task | None = None
+        self._interrupting: Record | None = None
         # Objects released under the lock, to be dropped after it.
         self._dropped: list[Any] = []
         # Threads blocked in submit_blocking on a full queue wait here.
@@ -251,7 +251,7 @@ class Scheduler:
 
     # ------------------------------------------------------------- submitting
 
-    def add(self, task: Task, loop: asyncio.AbstractEventLoop | None = None, block: bool = False) -> None:
+    def add(self, task: Record, loop: asyncio.AbstractEventLoop | None = None, block: bool = False) -> None:
         """Accept ``task`` into the heap, or raise without changing anything.
 
         Raises QueueShutDown, DuplicateTaskError, or QueueFull (when the heap
@@ -292,7 +292,7 @@ class Scheduler:
         if claimed:
             self.launch(claimed)
 
-    def add_many(self, tasks: list[Task], loop: asyncio.AbstractEventLoop) -> None:
+    def add_many(self, tasks: Sequence[Record], loop: asyncio.AbstractEventLoop) -> None:
         """Accept every task of ``tasks`` in one hold of the lock, or none of them.
 
         The tasks must have no ``task_id`` (each gets a new one). Raises
@@ -338,7 +338,7 @@ class Scheduler:
             "without an event loop, to wait for room, or raise max_queue_size"
         )
 
-    def _accept_locked(self, task: Task, loop: asyncio.AbstractEventLoop | None) -> None:
+    def _accept_locked(self, task: Record, loop: asyncio.AbstractEventLoop | None) -> None:
         # Into the heap and the live index; the caller claims free slots after.
         task_id = task.task_id
         if loop is not self.loop:
@@ -350,8 +350,6 @@ class Scheduler:
             while self._chosen_ids and (task_id in self._live or task_id in self._store):
                 task_id = next(self._auto_ids)
             task.task_id = task_id
-            if task.handle is not None:
-                task.handle.task_id = task_id
         else:
             if type(task_id) is not str:
                 self._chosen_ids = True
@@ -360,7 +358,7 @@ class Scheduler:
                 self._dropped.append(self._store.discard(task_id))
                 if self._listeners:
                     self._emit_locked(EventKind.EXPIRED, task_id, 0, self.clock())
-        task.ticket = self._heap.push(task.priority, task)
+        task._ticket = self._heap.push(task._priority, task)
         self._live[task_id] = task
         self._submitted += 1
         if self._listeners:
@@ -423,21 +421,21 @@ class Scheduler:
             self._room_freed_locked(len(claimed))
         return claimed
 
-    def _begin_locked(self, task: Task, now: float | None = None) -> int:
-        task.state = RUNNING
+    def _begin_locked(self, task: Record, now: float | None = None) -> int:
+        task._status = RUNNING
         self._running += 1
-        task.attempt += 1
-        if task.attempt == 1:
-            task.started_at = now = self.clock() if now is None else now
+        task._attempt += 1
+        if task._attempt == 1:
+            task._started_at = now = self.clock() if now is None else now
         if self._listeners:
-            self._emit_locked(EventKind.STARTED, task.task_id, task.attempt, self.clock() if now is None else now)
-        return task.attempt
+            self._emit_locked(EventKind.STARTED, task.task_id, task._attempt, self.clock() if now is None else now)
+        return task._attempt
 
     # ---------------------------------------------------------------- finishing
 
     def finish(
         self,
-        task: Task,
+        task: Record,
         attempt: int,
         ok: bool,
         value: Any,
@@ -446,7 +444,7 @@ class Scheduler:
         *,
         retry: bool = True,
         hand_over: bool = True,
-    ) -> tuple[Task, int] | None:
+    ) -> tuple[Record, int] | None:
         """Report the end of ``attempt`` by the holder of its slot. Any thread.
 
         Settles the task (completed, failed, or waiting for a retry) unless
@@ -465,9 +463,9 @@ class Scheduler:
         timer = None
         wake = more = False
         with self.lock:
-            if task.attempt == attempt and task.state is RUNNING:
+            if task._attempt == attempt and task._status is RUNNING:
                 self._running -= 1
-                timer, task.timer = task.timer, None
+                timer, task._timer = task._timer, None
                 if ok:
                     result = self._terminal_locked(task, COMPLETED, value, None, now)
                 elif isinstance(error, _CANCELLED_ERRORS):
@@ -510,14 +508,14 @@ class Scheduler:
         if claimed:
             self.launch(claimed)
 
-    def arm_timeout(self, task: Task, attempt: int, callback: Callable[[Task, int], None]) -> None:
-        """Call ``callback(task, attempt)`` after ``task.timeout`` unless the attempt ends first. Loop only."""
-        assert self.loop is not None and task.timeout is not None
+    def arm_timeout(self, task: Record, attempt: int, callback: Callable[[Record, int], None]) -> None:
+        """Call ``callback(task, attempt)`` after ``task._timeout`` unless the attempt ends first. Loop only."""
+        assert self.loop is not None and task._timeout is not None
         with self.lock:
-            if task.state is RUNNING and task.attempt == attempt:
-                task.timer = self._call_later(task.timeout, callback, task, attempt)
+            if task._status is RUNNING and task._attempt == attempt:
+                task._timer = self._call_later(task._timeout, callback, task, attempt)
 
-    def expire_attempt(self, task: Task, attempt: int, error: BaseException) -> None:
+    def expire_attempt(self, task: Record, attempt: int, error: BaseException) -> None:
         """Fail a running attempt that outlived its timeout, keeping its slot held.
 
         The handler (a sync one that cannot be interrupted) keeps its slot
@@ -527,9 +525,9 @@ class Scheduler:
         result = None
         delay = -1.0
         with self.lock:
-            if task.attempt != attempt or task.state is not RUNNING:
+            if task._attempt != attempt or task._status is not RUNNING:
                 return
-            task.timer = None
+            task._timer = None
             self._running -= 1
             delay = self._fail_locked(task, error, now)
             if delay < 0:
@@ -542,44 +540,44 @@ class Scheduler:
             _log_retry(task, error, delay)
             self.on_loop(self._arm_retry, task, attempt, delay)
 
-    def _fail_locked(self, task: Task, error: BaseException, now: float) -> float:
+    def _fail_locked(self, task: Record, error: BaseException, now: float) -> float:
         # Returns the retry delay, or -1.0 when the failure is final. The
         # caller logs the retry after releasing the lock (logging runs
         # handlers and filters: user code).
-        if task.retry_count >= task.max_retries or not self.policy.is_retryable(error):
+        if task._retry_count >= task._max_retries or not self.policy.is_retryable(error):
             return -1.0
-        delay = self.policy.get_delay(task.retry_count)
-        task.retry_count += 1
-        task.state = RETRY_WAIT
+        delay = self.policy.get_delay(task._retry_count)
+        task._retry_count += 1
+        task._status = RETRY_WAIT
         self._retrying += 1
         self._retries += 1
         if self._listeners:
-            self._emit_locked(EventKind.RETRY_SCHEDULED, task.task_id, task.attempt, now, error=error, delay=delay)
+            self._emit_locked(EventKind.RETRY_SCHEDULED, task.task_id, task._attempt, now, error=error, delay=delay)
         return delay
 
-    def _arm_retry(self, task: Task, attempt: int, delay: float) -> None:
+    def _arm_retry(self, task: Record, attempt: int, delay: float) -> None:
         # Loop thread. The timer is set under the lock so cancel() sees it.
         with self.lock:
-            if task.state is RETRY_WAIT and task.attempt == attempt:
-                task.timer = self._call_later(delay, self._requeue, task)
+            if task._status is RETRY_WAIT and task._attempt == attempt:
+                task._timer = self._call_later(delay, self._requeue, task)
 
-    def _requeue(self, task: Task) -> None:
+    def _requeue(self, task: Record) -> None:
         # Loop thread: the retry delay is over.
         with self.lock:
-            if task.state is not RETRY_WAIT:
+            if task._status is not RETRY_WAIT:
                 return
-            task.timer = None
-            task.state = PENDING
+            task._timer = None
+            task._status = PENDING
             self._retrying -= 1
-            task.ticket = self._heap.push(task.priority, task)
+            task._ticket = self._heap.push(task._priority, task)
             claimed = self._claim_locked() if self._free else _NOTHING
         if claimed:
             self.launch(claimed)
 
     def _terminal_locked(
-        self, task: Task, status: TaskStatus, value: Any, error: BaseException | None, now: float
+        self, task: Record, status: TaskStatus, value: Any, error: BaseException | None, now: float
     ) -> TaskResult[Any]:
-        task.state = status
+        task._status = status
         if status is COMPLETED:
             self._completed += 1
         elif status is FAILED:
@@ -591,15 +589,15 @@ class Scheduler:
             # A dict never shrinks its table; an empty one is free to replace,
             # so a burst of tasks leaves no memory behind once it is over.
             self._live = {}
-        duration = (now - task.started_at) * 1000.0 if task.attempt else 0.0
+        duration = (now - task._started_at) * 1000.0 if task._attempt else 0.0
         # tuple.__new__ directly: the NamedTuple's own __new__ is a Python
         # frame, and this line runs once per task.
         result: TaskResult[Any] = _new_tuple(
-            TaskResult, (task.task_id, status, value, error, task.retry_count, duration)
+            TaskResult, (task.task_id, status, value, error, task._retry_count, duration)
         )
         if self._listeners:
             kind = _EVENT_OF[status]
-            self._emit_locked(kind, task.task_id, task.attempt, now, duration, error)
+            self._emit_locked(kind, task.task_id, task._attempt, now, duration, error)
         evicted = self._store.add(result, now)
         if evicted:
             self._evicted += len(evicted)
@@ -620,27 +618,28 @@ class Scheduler:
         dropped, self._dropped = self._dropped, []
         return dropped
 
-    def deliver(self, task: Task, result: TaskResult[Any], on_loop: bool = False) -> None:
+    def deliver(self, task: Record, result: TaskResult[Any], on_loop: bool = False) -> None:
         """Hand a terminal result to whoever waits for it. No lock held; any thread.
 
         Afterwards the record holds nothing of the caller's: handler,
-        arguments, handle and future are released here, outside the lock (a
+        arguments and future are released here, outside the lock (a
         finalizer is user code; see _take_dropped_locked). A slot holder
         copied what it needed before it started.
         """
-        task.fn = None
-        task.args = ()
-        task.kwargs = None
-        handle, task.handle = task.handle, None
-        cfuture, task.cfuture = task.cfuture, None
+        task._fn = None
+        task._args = ()
+        task._kwargs = None
+        # A task submitted from async code is its own handle.
+        handle = task if type(task) is TaskHandle else None
+        cfuture, task._cfuture = task._cfuture, None
         try:
             if result.status is FAILED:
-                logger.warning("task %r failed after %d attempt(s): %r", task.task_id, task.attempt, result.error)
+                logger.warning("task %r failed after %d attempt(s): %r", task.task_id, task._attempt, result.error)
         except Exception:  # a broken log filter or handler must not strand the result
             pass
         if cfuture is not None:
             cfuture._settle(result)
-        if task.waiters is None:
+        if task._waiters is None:
             if handle is None:
                 return
             if on_loop and result.status is COMPLETED:
@@ -654,23 +653,23 @@ class Scheduler:
         elif self._bridge is not None:
             self._bridge.post(self._settle_on_loop, task, handle, result)
 
-    def _settle_on_loop(self, task: Task, handle: TaskHandle[Any] | None, result: TaskResult[Any]) -> None:
+    def _settle_on_loop(self, task: Record, handle: TaskHandle[Any] | None, result: TaskResult[Any]) -> None:
         try:
             if handle is not None and not handle.done():
                 handle._settle(result)
         finally:
             # Waiters are added only while the task is live, under the lock;
             # it is terminal now, so a None here stays None.
-            if task.waiters is not None:
+            if task._waiters is not None:
                 with self.lock:
-                    waiters, task.waiters = task.waiters, None
+                    waiters, task._waiters = task._waiters, None
                 for waiter in waiters or ():
                     if not waiter.done():
                         waiter.set_result(result)
 
     # -------------------------------------------------------------- cancelling
 
-    def cancel(self, task_id: Hashable, *, record: Task | None = None) -> bool:
+    def cancel(self, task_id: Hashable, *, record: Record | None = None) -> bool:
         """Cancel a live task wherever it is; False if unknown or already finished.
 
         ``record``: cancel only if the live task with this id is that record
@@ -698,7 +697,7 @@ class Scheduler:
         """
         now = self.clock()
         with self.lock:
-            chosen = [t for t in self._live.values() if not states or t.state in states]
+            chosen = [t for t in self._live.values() if not states or t._status in states]
             cancelled = [self._cancel_locked(t, now) for t in chosen]
             wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
             dropped = self._take_dropped_locked()
@@ -707,11 +706,11 @@ class Scheduler:
         return len(cancelled)
 
     def _cancel_locked(
-        self, task: Task, now: float
-    ) -> tuple[Task, TaskStatus, int, TimerHandle | None, TaskResult[Any]]:
-        state = task.state
+        self, task: Record, now: float
+    ) -> tuple[Record, TaskStatus, int, TimerHandle | None, TaskResult[Any]]:
+        state = task._status
         if state is PENDING:
-            self._heap.remove(task.ticket)
+            self._heap.remove(task._ticket)
             if self.max_queue_size:
                 self._room_freed_locked(1)
         elif state is RETRY_WAIT:
@@ -719,13 +718,13 @@ class Scheduler:
         else:
             self._running -= 1
         # A retry timer, or the timeout of a running attempt.
-        timer, task.timer = task.timer, None
+        timer, task._timer = task._timer, None
         result = self._terminal_locked(task, CANCELLED, None, asyncio.CancelledError(), now)
-        return task, state, task.attempt, timer, result
+        return task, state, task._attempt, timer, result
 
     def _after_cancel(
         self,
-        cancelled: list[tuple[Task, TaskStatus, int, TimerHandle | None, TaskResult[Any]]],
+        cancelled: list[tuple[Record, TaskStatus, int, TimerHandle | None, TaskResult[Any]]],
         wake: bool,
     ) -> None:
         for task, state, attempt, timer, result in cancelled:
@@ -737,17 +736,17 @@ class Scheduler:
         if wake:
             self.on_loop(self._wake_idle)
 
-    def interrupt(self, task: Task, attempt: int) -> None:
+    def interrupt(self, task: Record, attempt: int) -> None:
         """Cancel the handler running ``attempt`` of ``task``, if it still is. Loop only."""
         # For a coroutine, ``runner`` is set and cleared on this thread only,
         # by the worker around its await of the handler, so it is current
         # here. For another executor's future it may be cleared meanwhile by
         # the completion callback; cancelling a finished future is harmless.
-        runner = task.runner
-        if runner is not None and task.attempt == attempt:
+        runner = task._runner
+        if runner is not None and task._attempt == attempt:
             # Cleared first: the worker reads ``runner is None`` as "this
             # CancelledError is the queue's, not the loop's".
-            task.runner = None
+            task._runner = None
             # Cancelling an asyncio task cancels the future it awaits; if the
             # handler awaits its own handle, that must not cancel the task.
             self._interrupting = task
@@ -836,7 +835,7 @@ class Scheduler:
         with self.lock:
             task = self._live.get(task_id)
             if task is not None:
-                return task.state
+                return task._status
             result = self._store.get(task_id, self.clock())
         if result is None:
             raise _unknown(task_id)
@@ -857,17 +856,17 @@ class Scheduler:
                 return result
             self._bind_locked(loop)  # waiting needs the loop that results are delivered on
             waiter: asyncio.Future[TaskResult[Any]] = loop.create_future()
-            if task.waiters is None:
-                task.waiters = []
-            task.waiters.append(waiter)
+            if task._waiters is None:
+                task._waiters = []
+            task._waiters.append(waiter)
             return waiter
 
     def drop_waiter(self, task_id: Hashable, waiter: asyncio.Future[Any]) -> None:
         """Forget a get_result waiter that gave up (timeout or cancellation)."""
         with self.lock:
             task = self._live.get(task_id)
-            if task is not None and task.waiters and waiter in task.waiters:
-                task.waiters.remove(waiter)
+            if task is not None and task._waiters and waiter in task._waiters:
+                task._waiters.remove(waiter)
 
     def forget(self, task_id: Hashable) -> bool:
         """Drop a stored result; False if there was none."""
@@ -887,7 +886,7 @@ class Scheduler:
                 return False
             if self._expiry_armed and self._expiry_timer is None:
                 return False  # the first _expire of a chain is on its way to the loop
-            return all(t.timer is not None for t in self._live.values() if t.state is RETRY_WAIT)
+            return all(t._timer is not None for t in self._live.values() if t._status is RETRY_WAIT)
 
     def stats(self) -> QueueStats:
         """A snapshot of every counter, taken atomically."""
@@ -909,14 +908,14 @@ class Scheduler:
             )
 
 
-def _log_retry(task: Task, error: BaseException | None, delay: float) -> None:
+def _log_retry(task: Record, error: BaseException | None, delay: float) -> None:
     logger.warning(
         "task %r attempt %d failed with %r; retry %d of %d in %.3f s",
         task.task_id,
-        task.attempt,
+        task._attempt,
         error,
-        task.retry_count,
-        task.max_retries,
+        task._retry_count,
+        task._max_retries,
         delay,
     )
 

@@ -1,4 +1,4 @@
-"""A task's record, its states, the handle async callers await, and its final result."""
+"""A task's record (the handle async callers await, or a Task for sync callers), its states and its result."""
 
 from __future__ import annotations
 
@@ -74,6 +74,28 @@ class TaskResult(NamedTuple, Generic[T]):
         return self.status is TaskStatus.COMPLETED
 
 
+# The fields of a task's record, on Task and on TaskHandle alike.
+_RECORD_FIELDS = (
+    "_args",
+    "_attempt",
+    "_cfuture",
+    "_fn",
+    "_is_coro",
+    "_kwargs",
+    "_max_retries",
+    "_priority",
+    "_retry_count",
+    "_runner",
+    "_started_at",
+    "_status",
+    "_ticket",
+    "_timeout",
+    "_timer",
+    "_waiters",
+    "task_id",
+)
+
+
 class TaskHandle(asyncio.Future[T]):
     """What ``await queue.submit(...)`` returns: an ``asyncio.Future`` of the handler's value.
 
@@ -86,15 +108,32 @@ class TaskHandle(asyncio.Future[T]):
     Loop thread only, like every asyncio future.
     """
 
-    # A handle whose exception nobody retrieves must stay quiet: the failure is
-    # already in the result store and the log.
-    __slots__ = ("_queue_ref", "task_id")
+    # The handle of a task submitted from async code is also the scheduler's
+    # record of it (one object per task, not two): the record's fields,
+    # private, beside the queue it belongs to. See Task for what they mean.
+    __slots__ = (*_RECORD_FIELDS, "_queue_ref")
 
     # No __init__ of its own: made by ``TaskHandle(loop=loop)`` (the C
-    # initializer, no Python frame), then ``_queue_ref`` and ``task_id`` set
-    # by the queue before anyone else sees it.
+    # initializer, no Python frame), then filled by ``fill_record`` and given
+    # ``_queue_ref`` by the queue before anyone else sees it.
     task_id: Any
     _queue_ref: HybridQueue
+    _fn: Callable[..., Any] | None
+    _args: tuple[Any, ...]
+    _kwargs: dict[str, Any] | None
+    _is_coro: bool
+    _priority: int
+    _max_retries: int
+    _timeout: float | None
+    _status: TaskStatus
+    _retry_count: int
+    _attempt: int
+    _ticket: int
+    _started_at: float
+    _cfuture: TaskFuture[Any] | None
+    _waiters: list[asyncio.Future[TaskResult[Any]]] | None
+    _runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None
+    _timer: TimerHandle | None
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the task; True if it was still unfinished.
@@ -177,33 +216,34 @@ class TaskFuture(concurrent.futures.Future[T]):
 
 
 class Task:
-    """The scheduler's record of one submitted task. Private.
+    """The scheduler's record of one task submitted from sync code (its handle is a TaskFuture). Private.
 
-    Fields are read and written only under the scheduler's lock, except the
-    immutable ones (``task_id``, ``fn``, ``is_coro``, ``timeout``) and those
-    owned by whoever holds the task's worker slot.
+    A task submitted from async code has its TaskHandle as its record; both
+    carry the same fields, and the scheduler treats them alike. Fields are
+    read and written only under the scheduler's lock, except the immutable
+    ones (``task_id`` once accepted, ``_fn``, ``_is_coro``, ``_timeout``) and
+    those owned by whoever holds the task's worker slot.
     """
 
-    __slots__ = (
-        "args",
-        "attempt",
-        "cfuture",
-        "fn",
-        "handle",
-        "is_coro",
-        "kwargs",
-        "max_retries",
-        "priority",
-        "retry_count",
-        "runner",
-        "started_at",
-        "state",
-        "task_id",
-        "ticket",
-        "timeout",
-        "timer",
-        "waiters",
-    )
+    __slots__ = _RECORD_FIELDS
+
+    task_id: Any
+    _fn: Callable[..., Any] | None
+    _args: tuple[Any, ...]
+    _kwargs: dict[str, Any] | None
+    _is_coro: bool
+    _priority: int
+    _max_retries: int
+    _timeout: float | None
+    _status: TaskStatus
+    _retry_count: int
+    _attempt: int
+    _ticket: int
+    _started_at: float
+    _cfuture: TaskFuture[Any] | None
+    _waiters: list[asyncio.Future[TaskResult[Any]]] | None
+    _runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None
+    _timer: TimerHandle | None
 
     def __init__(
         self,
@@ -216,25 +256,43 @@ class Task:
         max_retries: int,
         timeout: float | None,
     ) -> None:
-        self.task_id = task_id
-        self.fn: Callable[..., Any] | None = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.is_coro = is_coro
-        self.priority = priority
-        self.max_retries = max_retries
-        self.timeout = timeout
-        self.state = TaskStatus.PENDING
-        self.retry_count = 0
-        # Bumped at each start; a late completion of an abandoned attempt (a
-        # timed-out or cancelled sync handler) carries an old number and is dropped.
-        self.attempt = 0
-        self.ticket = -1
-        self.started_at = 0.0
-        self.handle: TaskHandle[Any] | None = None
-        self.cfuture: TaskFuture[Any] | None = None
-        self.waiters: list[asyncio.Future[TaskResult[Any]]] | None = None
-        # The asyncio task awaiting a coroutine handler, or the executor's
-        # future of a sync one; set by the slot holder, used to interrupt it.
-        self.runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None = None
-        self.timer: TimerHandle | None = None
+        fill_record(self, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout)
+
+
+Record = Task | TaskHandle[Any]
+"""What the scheduler keeps per live task: a Task, or the TaskHandle that is its own record."""
+
+
+def fill_record(
+    record: Record,
+    task_id: Any,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    is_coro: bool,
+    priority: int,
+    max_retries: int,
+    timeout: float | None,
+) -> None:
+    """Set every field of a new record: a PENDING task that has not run."""
+    record.task_id = task_id
+    record._fn = fn
+    record._args = args
+    record._kwargs = kwargs
+    record._is_coro = is_coro
+    record._priority = priority
+    record._max_retries = max_retries
+    record._timeout = timeout
+    record._status = TaskStatus.PENDING
+    record._retry_count = 0
+    # Bumped at each start; a late completion of an abandoned attempt (a
+    # timed-out or cancelled sync handler) carries an old number and is dropped.
+    record._attempt = 0
+    record._ticket = -1
+    record._started_at = 0.0
+    record._cfuture = None
+    record._waiters = None
+    # The asyncio task awaiting a coroutine handler, or the executor's
+    # future of a sync one; set by the slot holder, used to interrupt it.
+    record._runner = None
+    record._timer = None

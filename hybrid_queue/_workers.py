@@ -31,7 +31,7 @@ from typing import Any
 
 from ._remote import Raised, RemoteCall, Returned, executor_failure, refusal_advice
 from ._scheduler import Claimed, Scheduler
-from ._task import Task, TaskStatus
+from ._task import Record, TaskStatus
 
 __all__ = ["Runner"]
 
@@ -75,9 +75,9 @@ class Runner:
         # finishes its handler, or for _spawn, which makes workers only for
         # claims still waiting once the running workers have yielded: a stream
         # of handlers that never suspend needs one worker, not one per slot.
-        self._parked: deque[asyncio.Future[tuple[Task, int] | None]] = deque()
+        self._parked: deque[asyncio.Future[tuple[Record, int] | None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
-        self._ready: deque[tuple[Task, int]] = deque()
+        self._ready: deque[tuple[Record, int]] = deque()
         self._spawn_posted = False
         self._spawn_burst = 1
         self._closing = False
@@ -128,8 +128,8 @@ class Runner:
         for task, attempt in claimed:
             self._start(task, attempt)
 
-    def _start(self, task: Task, attempt: int) -> None:
-        pending: deque[tuple[Task, int]] | None = getattr(self._local, "pending", None)
+    def _start(self, task: Record, attempt: int) -> None:
+        pending: deque[tuple[Record, int]] | None = getattr(self._local, "pending", None)
         if pending is not None:
             pending.append((task, attempt))
             return
@@ -142,9 +142,9 @@ class Runner:
         finally:
             self._local.pending = None
 
-    def _start_one(self, task: Task, attempt: int) -> tuple[Task, int] | None:
+    def _start_one(self, task: Record, attempt: int) -> tuple[Record, int] | None:
         # Returns the next claim when this task could not start: its slot moves on.
-        if task.is_coro:
+        if task._is_coro:
             if self._sched.on_loop(self._start_coro, task, attempt):
                 return None
             error = RuntimeError(
@@ -160,8 +160,8 @@ class Runner:
             if inline:
                 what: Callable[..., Any] = functools.partial(self._sync_chain, task, attempt)
             else:
-                fn, args, kwargs = task.fn, task.args, task.kwargs
-                if fn is None or task.state is not RUNNING or task.attempt != attempt:
+                fn, args, kwargs = task._fn, task._args, task._kwargs
+                if fn is None or task._status is not RUNNING or task._attempt != attempt:
                     return self._sched.finish(task, attempt, False, None, _ABANDONED)
                 what = RemoteCall(fn, args, kwargs or {})
             try:
@@ -178,17 +178,17 @@ class Runner:
             error = RuntimeError(f"the executor refused task {task.task_id!r} ({exc!r}); " + refusal_advice(exc))
             error.__cause__ = exc
             return self._sched.finish(task, attempt, False, None, error, retry=False)
-        if task.timeout is not None:
+        if task._timeout is not None:
             self._sched.on_loop(self._sched.arm_timeout, task, attempt, self._timed_out)
         if inline:
             future.add_done_callback(functools.partial(self._chain_done, task, attempt, executor))
         else:
-            task.runner = future
+            task._runner = future
             future.add_done_callback(functools.partial(self._foreign_done, task, attempt, executor))
         return None
 
     def _chain_done(
-        self, task: Task, attempt: int, executor: concurrent.futures.Executor, chain: concurrent.futures.Future[None]
+        self, task: Record, attempt: int, executor: concurrent.futures.Executor, chain: concurrent.futures.Future[None]
     ) -> None:
         # Whatever thread the executor completes its futures on, perhaps
         # holding the executor's own lock (shutdown(cancel_futures=True) does):
@@ -210,14 +210,14 @@ class Runner:
         error = RuntimeError(f"the executor {why}: task {task.task_id!r} failed; {advice}")
         self._sched.finish(task, attempt, False, None, error, retry=False, hand_over=False)
 
-    def _timed_out(self, task: Task, attempt: int) -> None:
+    def _timed_out(self, task: Record, attempt: int) -> None:
         # Loop thread: an attempt outlived its timeout. A coroutine handler
         # is cancelled; if it unwinds at once, its worker reports the
         # TimeoutError and frees the slot in the same step. A handler that
         # ignores the cancel, or a sync handler (which cannot be interrupted),
         # fails now regardless and is abandoned: its slot stays busy until it
         # really returns, and what it returns is discarded.
-        if task.is_coro:
+        if task._is_coro:
             self._sched.interrupt(task, attempt)
             # Queued behind the worker's wake-up, which cancel() queued first.
             assert self._sched.loop is not None
@@ -231,36 +231,36 @@ class Runner:
             if not isinstance(self._executor, concurrent.futures.ThreadPoolExecutor):
                 self._sched.interrupt(task, attempt)
 
-    def _abandon_late(self, task: Task, attempt: int) -> None:
+    def _abandon_late(self, task: Record, attempt: int) -> None:
         self._sched.expire_attempt(task, attempt, _timeout_error(task, attempt))
 
     # ------------------------------------------------------------- sync handlers
 
-    def _sync_chain(self, task: Task, attempt: int) -> None:
+    def _sync_chain(self, task: Record, attempt: int) -> None:
         # Executor thread: run sync tasks while the heap hands us sync tasks.
         sched = self._sched
-        claim: tuple[Task, int] | None = (task, attempt)
+        claim: tuple[Record, int] | None = (task, attempt)
         while claim is not None:
             task, attempt = claim
-            if task.is_coro:
+            if task._is_coro:
                 self._start(task, attempt)
                 return
             ok, value, error = _call_sync(task, attempt)
             claim = sched.finish(task, attempt, ok, value, error)
-            if claim is not None and not claim[0].is_coro and claim[0].timeout is not None:
+            if claim is not None and not claim[0]._is_coro and claim[0]._timeout is not None:
                 sched.on_loop(sched.arm_timeout, claim[0], claim[1], self._timed_out)
 
     def _foreign_done(
         self,
-        task: Task,
+        task: Record,
         attempt: int,
         executor: concurrent.futures.Executor,
         future: concurrent.futures.Future[Any],
     ) -> None:
         # Whatever thread the executor completes futures on, perhaps under
         # its own lock: report, and let the loop start what comes next.
-        if task.runner is future:  # not a later attempt's
-            task.runner = None
+        if task._runner is future:  # not a later attempt's
+            task._runner = None
         error: BaseException | None = None
         retry = True
         ok, value = False, None
@@ -294,7 +294,7 @@ class Runner:
 
     # -------------------------------------------------------- coroutine handlers
 
-    def _start_coro(self, task: Task, attempt: int) -> None:
+    def _start_coro(self, task: Record, attempt: int) -> None:
         # Loop thread: give the claim to a parked worker, or leave it ready
         # for the next worker that is free, making one later if none is.
         parked = self._parked
@@ -331,13 +331,13 @@ class Runner:
         else:
             self._spawn_burst = 1
 
-    def _make_worker(self, claim: tuple[Task, int]) -> None:
+    def _make_worker(self, claim: tuple[Record, int]) -> None:
         assert self._sched.loop is not None
         worker = self._sched.loop.create_task(self._work(claim), name="hybrid_queue-worker")
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
 
-    async def _work(self, claim: tuple[Task, int] | None) -> None:
+    async def _work(self, claim: tuple[Record, int] | None) -> None:
         # Loop thread. A worker holds a slot while it has a claim; without
         # one it parks until _start_coro hands it a claim, or close() None.
         me = asyncio.current_task()
@@ -345,7 +345,7 @@ class Runner:
         ready = self._ready
         while claim is not None:
             task, attempt = claim
-            if task.is_coro:
+            if task._is_coro:
                 claim = await self._run_coro(me, task, attempt)
                 if ready:
                     # Claims made before this one wait longest: run them
@@ -365,7 +365,7 @@ class Runner:
             del task
             if self._closing:
                 return
-            waiter: asyncio.Future[tuple[Task, int] | None] = self._sched.loop.create_future()
+            waiter: asyncio.Future[tuple[Record, int] | None] = self._sched.loop.create_future()
             self._parked.append(waiter)
             try:
                 claim = await waiter
@@ -375,7 +375,7 @@ class Runner:
                     self._give_up(*lost, exc)
                 raise
 
-    def _give_up(self, task: Task, attempt: int, exc: BaseException) -> None:
+    def _give_up(self, task: Record, attempt: int, exc: BaseException) -> None:
         # The worker is being cancelled from outside (the loop is closing)
         # while it holds a claim: the task ends CANCELLED, the slot moves on.
         self._sched.cancel(task.task_id, record=task)
@@ -383,28 +383,28 @@ class Runner:
         if claim is not None:
             self.launch([claim])
 
-    async def _run_coro(self, me: asyncio.Task[None], task: Task, attempt: int) -> tuple[Task, int] | None:
-        fn, args, kwargs = task.fn, task.args, task.kwargs
+    async def _run_coro(self, me: asyncio.Task[None], task: Record, attempt: int) -> tuple[Record, int] | None:
+        fn, args, kwargs = task._fn, task._args, task._kwargs
         # Unlocked read: cancel() sets the state under the lock before it
         # posts interrupt() to this thread. If we see RUNNING, the interrupt
         # (if any) runs after we set ``runner`` below, and cancels the
         # handler; if not, the handler never starts.
-        if fn is None or task.state is not RUNNING or task.attempt != attempt:
+        if fn is None or task._status is not RUNNING or task._attempt != attempt:
             return self._sched.finish(task, attempt, False, None, _ABANDONED)
         ok = False
         value: Any = None
         error: BaseException | None = None
-        task.runner = me
-        if task.timeout is not None:
+        task._runner = me
+        if task._timeout is not None:
             self._sched.arm_timeout(task, attempt, self._timed_out)
         try:
             value = await (fn(*args, **kwargs) if kwargs else fn(*args))
             ok = True
         except asyncio.CancelledError as exc:
-            if task.runner is me and me.cancelling():
+            if task._runner is me and me.cancelling():
                 # Not our interrupt: the worker itself is being cancelled
                 # (the loop is closing). Settle the task and let it end.
-                task.runner = None
+                task._runner = None
                 self._give_up(task, attempt, exc)
                 raise
             error = exc  # our interrupt, or the handler's own CancelledError
@@ -413,10 +413,10 @@ class Runner:
         # interrupt() clears ``runner`` before it cancels us. If another
         # worker has set it since (the retry of an attempt we were slow to
         # abandon), it is theirs: leave it.
-        interrupted = task.runner is not me
+        interrupted = task._runner is not me
         if not interrupted:
-            task.runner = None
-        if interrupted and task.state is RUNNING and task.attempt == attempt:
+            task._runner = None
+        if interrupted and task._status is RUNNING and task._attempt == attempt:
             # Interrupted, yet neither cancelled nor expired: the deadline's
             # cancel. Whatever the handler did with it, the attempt timed out.
             ok, value, error = False, None, _timeout_error(task, attempt)
@@ -457,18 +457,18 @@ class Runner:
         return False
 
 
-def _timeout_error(task: Task, attempt: int) -> TimeoutError:
+def _timeout_error(task: Record, attempt: int) -> TimeoutError:
     return TimeoutError(
-        f"task {task.task_id!r} attempt {attempt} exceeded its timeout of {task.timeout} s"
-        + ("" if task.is_coro else " (a sync handler cannot be interrupted; its late result is discarded)")
+        f"task {task.task_id!r} attempt {attempt} exceeded its timeout of {task._timeout} s"
+        + ("" if task._is_coro else " (a sync handler cannot be interrupted; its late result is discarded)")
     )
 
 
-def _call_sync(task: Task, attempt: int) -> tuple[bool, Any, BaseException | None]:
-    fn, args, kwargs = task.fn, task.args, task.kwargs
+def _call_sync(task: Record, attempt: int) -> tuple[bool, Any, BaseException | None]:
+    fn, args, kwargs = task._fn, task._args, task._kwargs
     # Unlocked read, as in Runner._run_coro: a task cancelled before this
     # point never starts; one cancelled after it is abandoned to finish.
-    if fn is None or task.state is not RUNNING or task.attempt != attempt:
+    if fn is None or task._status is not RUNNING or task._attempt != attempt:
         return False, None, _ABANDONED
     try:
         value = fn(*args, **kwargs) if kwargs else fn(*args)

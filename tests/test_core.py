@@ -782,9 +782,8 @@ async def test_submit_many_enters_a_bounded_queue_whole_or_waits(make_queue):
     await q.submit(abs, -1)
     await q.submit(abs, -2)
     with pytest.raises(QueueFull, match=r"^a batch of 3 tasks does not fit"):
-        q._sched.add_many(
-            [q._task("submit_many", abs, (i,), {}, 0, None, None, None) for i in range(3)], asyncio.get_running_loop()
-        )
+        loop = asyncio.get_running_loop()
+        q._sched.add_many([q._handle(loop, None, abs, (i,), None, False, 0, 0, None) for i in range(3)], loop)
     batch = asyncio.create_task(q.submit_many(abs, [-3, -4, -5]))
     for _ in range(5):
         await asyncio.sleep(0)
@@ -1083,3 +1082,24 @@ async def test_idle_queue_schedules_nothing(make_queue):
     assert len(loop._ready) == 0
     workers = [t for t in asyncio.all_tasks() if t.get_name() == "hybrid_queue-worker"]
     assert workers and all(not t.done() for t in workers)
+
+
+def test_submit_from_a_second_loop_on_the_queue_loop_thread_is_refused():
+    # The queue's loop is not running; another loop runs on the same thread.
+    # Only the loop that is running may be taken for the caller's.
+    first = asyncio.new_event_loop()
+    q = HybridQueue(1)
+    first.run_until_complete(q.start())
+
+    async def from_second_loop():
+        with pytest.raises(RuntimeError, match=r"^this HybridQueue is bound to another event loop"):
+            await q.submit(asyncio.sleep, 0)
+        with pytest.raises(RuntimeError, match=r"^this HybridQueue is bound to another event loop"):
+            await q.submit_many(asyncio.sleep, [0])
+
+    try:
+        asyncio.run(from_second_loop())
+        assert q.stats().submitted == 0
+    finally:
+        first.run_until_complete(q.shutdown())
+        first.close()

@@ -218,7 +218,7 @@ def live_snapshot(q: HybridQueue) -> dict[Any, tuple[TaskStatus, int]]:
     """
     sched = q._sched
     with sched.lock:
-        return {tid: (task.state, task.attempt) for tid, task in sched._live.items()}
+        return {tid: (task._status, task._attempt) for tid, task in sched._live.items()}
 
 
 class QueueMachine(RuleBasedStateMachine):
