@@ -492,8 +492,8 @@ class HybridQueue:
         the whole batch enters the queue in one step, all of it or none. The
         iterables must have equal lengths. Tasks get generated ids; the
         options apply to every task. In a bounded queue it waits until the
-        whole batch fits, so a batch larger than ``max_queue_size`` is a
-        ValueError. Handler keyword arguments: bind them with
+        whole batch fits (single submits may take freed places first), so a
+        batch larger than ``max_queue_size`` is a ValueError. Handler keyword arguments: bind them with
         ``functools.partial``.
 
         Raises QueueShutDown once shutdown began, TypeError/ValueError for bad
@@ -504,17 +504,21 @@ class HybridQueue:
                 "submit_many() needs one iterable of arguments per parameter of the handler: "
                 "submit_many(fetch, urls), or submit_many(add, xs, ys)"
             )
+        # Checked once, as submit() would check one task; every task shares
+        # the verdict. Before the iterables are read: a refused call leaves
+        # a generator passed in untouched.
+        is_coro, max_retries, timeout = self._check("submit_many", fn, priority, None, max_retries, timeout)
+        loop = self._caller_loop("submit_many")
         try:
             batch = list(zip(*iterables, strict=True))
-        except ValueError:
+        except ValueError as exc:
+            if not str(exc).startswith("zip() argument"):
+                raise  # raised by an iterable itself: the caller's own error
             lengths = ", ".join(str(len(it)) if isinstance(it, Sized) else "?" for it in iterables)
             raise ValueError(
                 f"submit_many() got iterables of different lengths ({lengths}); pass one argument "
                 "per task in each, or use functools.partial for arguments that do not change"
             ) from None
-        # Checked once, as submit() would check one task; every task shares the verdict.
-        is_coro, max_retries, timeout = self._check("submit_many", fn, priority, None, max_retries, timeout)
-        loop = self._caller_loop("submit_many")
         n, bound = len(batch), self._sched.max_queue_size
         if bound and n > bound:
             raise ValueError(
@@ -591,22 +595,15 @@ class HybridQueue:
         task._cfuture = future
         # On the thread of some other event loop, never block it: QueueFull instead.
         self._sched.add(task, block=running is None)
-        future.task_id = task.task_id
+        future.task_id = task._id
         return future
 
     def _caller_loop(self, method: str) -> asyncio.AbstractEventLoop:
-        # The calling thread's running loop; RuntimeError if it has none. On
-        # the queue's loop thread while that loop runs, no other loop can be
-        # running there: answer without asking asyncio, whose answer costs a
-        # getpid() system call (its check for a fork), 0.19 us here.
-        sched = self._sched
-        loop = sched.loop
-        if loop is not None and threading.get_ident() == sched.loop_thread and loop.is_running():
-            return loop
-        running = asyncio.events._get_running_loop()
-        if running is None:
+        # The calling thread's running loop; RuntimeError if it has none.
+        loop = asyncio.events._get_running_loop()
+        if loop is None:
             raise _no_loop(method)
-        return running
+        return loop
 
     def _check(
         self,
@@ -715,6 +712,10 @@ class HybridQueue:
         handler returns, and what it returns is discarded.
         """
         return self._sched.cancel(task_id)
+
+    def _cancel_record(self, record: TaskHandle[Any]) -> bool:
+        # TaskHandle.cancel(): that very task, not whichever holds its id now.
+        return self._sched.cancel(record._id, record=record)
 
     def forget(self, task_id: Hashable) -> bool:
         """Drop a stored result early; False if there was none. Any thread."""

@@ -163,17 +163,17 @@ def executor_failure(task: Record, failure: BaseException) -> Exception:
     kind = type(failure)
     if isinstance(failure, concurrent.futures.BrokenExecutor):
         return RuntimeError(
-            f"the executor broke while it ran task {task.task_id!r} ({failure!r}): a worker process died "
+            f"the executor broke while it ran task {task._id!r} ({failure!r}): a worker process died "
             "(killed, out of memory, or the handler ended it); the task is not retried. A pool the queue "
             "owns is replaced; one you passed in stays broken: replace it, or pass a factory of pools"
         )
     if kind.__name__ == "KilledWorker" and kind.__module__.startswith("distributed"):
         return RuntimeError(
-            f"Dask gave up on task {task.task_id!r}: the workers that ran it died ({failure}); "
+            f"Dask gave up on task {task._id!r}: the workers that ran it died ({failure}); "
             "raise distributed.scheduler.allowed-failures to let Dask try it on more workers"
         )
     return RuntimeError(
-        f"task {task.task_id!r} could not be sent to its executor or its result sent back ({failure!r}); "
+        f"task {task._id!r} could not be sent to its executor or its result sent back ({failure!r}); "
         "handlers, their arguments and their results must be picklable for an executor in other processes"
     )
 

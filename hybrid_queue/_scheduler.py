@@ -266,7 +266,7 @@ class Scheduler:
                 if not self._accepting or (self.loop is not None and self.loop.is_closed()):
                     refused = "closed"
                     break
-                task_id = task.task_id
+                task_id = task._id
                 if task_id is not None and (task_id in self._live or self._stored_locked(task_id)):
                     refused = "duplicate"
                     break
@@ -288,22 +288,23 @@ class Scheduler:
             dropped = self._take_dropped_locked() if self._dropped else None
         del dropped
         if refused:  # raised after the lock: a message's repr() is user code
-            raise self._refusal(refused, task.task_id)
+            raise self._refusal(refused, task._id)
         if claimed:
             self.launch(claimed)
 
     def add_many(self, tasks: Sequence[Record], loop: asyncio.AbstractEventLoop) -> None:
         """Accept every task of ``tasks`` in one hold of the lock, or none of them.
 
-        The tasks must have no ``task_id`` (each gets a new one). Raises
+        The tasks come without ids (submit_many gives none); each is given a new one. Raises
         QueueShutDown, or QueueFull when they do not all fit below
-        ``max_queue_size`` now; never blocks. ``loop`` as for ``add``.
+        ``max_queue_size`` now (retries re-entering a full queue can leave no
+        room even for one); never blocks. ``loop`` as for ``add``.
         """
         refused = ""
         with self.lock:
             if not self._accepting or (self.loop is not None and self.loop.is_closed()):
                 refused = "closed"
-            elif self.max_queue_size and len(self._heap) + len(tasks) > self.max_queue_size:
+            elif tasks and self.max_queue_size and len(self._heap) + len(tasks) > self.max_queue_size:
                 refused = "full"
             else:
                 for task in tasks:
@@ -340,7 +341,7 @@ class Scheduler:
 
     def _accept_locked(self, task: Record, loop: asyncio.AbstractEventLoop | None) -> None:
         # Into the heap and the live index; the caller claims free slots after.
-        task_id = task.task_id
+        task_id = task._id
         if loop is not self.loop:
             self._bind_locked(loop)
         if task_id is None:
@@ -349,7 +350,7 @@ class Scheduler:
             # and not a str, can equal one still in use.
             while self._chosen_ids and (task_id in self._live or task_id in self._store):
                 task_id = next(self._auto_ids)
-            task.task_id = task_id
+            task._id = task_id
         else:
             if type(task_id) is not str:
                 self._chosen_ids = True
@@ -428,7 +429,7 @@ class Scheduler:
         if task._attempt == 1:
             task._started_at = now = self.clock() if now is None else now
         if self._listeners:
-            self._emit_locked(EventKind.STARTED, task.task_id, task._attempt, self.clock() if now is None else now)
+            self._emit_locked(EventKind.STARTED, task._id, task._attempt, self.clock() if now is None else now)
         return task._attempt
 
     # ---------------------------------------------------------------- finishing
@@ -552,7 +553,7 @@ class Scheduler:
         self._retrying += 1
         self._retries += 1
         if self._listeners:
-            self._emit_locked(EventKind.RETRY_SCHEDULED, task.task_id, task._attempt, now, error=error, delay=delay)
+            self._emit_locked(EventKind.RETRY_SCHEDULED, task._id, task._attempt, now, error=error, delay=delay)
         return delay
 
     def _arm_retry(self, task: Record, attempt: int, delay: float) -> None:
@@ -584,7 +585,7 @@ class Scheduler:
             self._failed += 1
         else:
             self._cancelled += 1
-        del self._live[task.task_id]
+        del self._live[task._id]
         if not self._live:
             # A dict never shrinks its table; an empty one is free to replace,
             # so a burst of tasks leaves no memory behind once it is over.
@@ -592,12 +593,10 @@ class Scheduler:
         duration = (now - task._started_at) * 1000.0 if task._attempt else 0.0
         # tuple.__new__ directly: the NamedTuple's own __new__ is a Python
         # frame, and this line runs once per task.
-        result: TaskResult[Any] = _new_tuple(
-            TaskResult, (task.task_id, status, value, error, task._retry_count, duration)
-        )
+        result: TaskResult[Any] = _new_tuple(TaskResult, (task._id, status, value, error, task._retry_count, duration))
         if self._listeners:
             kind = _EVENT_OF[status]
-            self._emit_locked(kind, task.task_id, task._attempt, now, duration, error)
+            self._emit_locked(kind, task._id, task._attempt, now, duration, error)
         evicted = self._store.add(result, now)
         if evicted:
             self._evicted += len(evicted)
@@ -634,7 +633,7 @@ class Scheduler:
         cfuture, task._cfuture = task._cfuture, None
         try:
             if result.status is FAILED:
-                logger.warning("task %r failed after %d attempt(s): %r", task.task_id, task._attempt, result.error)
+                logger.warning("task %r failed after %d attempt(s): %r", task._id, task._attempt, result.error)
         except Exception:  # a broken log filter or handler must not strand the result
             pass
         if cfuture is not None:
@@ -911,7 +910,7 @@ class Scheduler:
 def _log_retry(task: Record, error: BaseException | None, delay: float) -> None:
     logger.warning(
         "task %r attempt %d failed with %r; retry %d of %d in %.3f s",
-        task.task_id,
+        task._id,
         task._attempt,
         error,
         task._retry_count,

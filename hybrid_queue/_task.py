@@ -92,7 +92,7 @@ _RECORD_FIELDS = (
     "_timeout",
     "_timer",
     "_waiters",
-    "task_id",
+    "_id",
 )
 
 
@@ -116,7 +116,7 @@ class TaskHandle(asyncio.Future[T]):
     # No __init__ of its own: made by ``TaskHandle(loop=loop)`` (the C
     # initializer, no Python frame), then filled by ``fill_record`` and given
     # ``_queue_ref`` by the queue before anyone else sees it.
-    task_id: Any
+    _id: Any
     _queue_ref: HybridQueue
     _fn: Callable[..., Any] | None
     _args: tuple[Any, ...]
@@ -135,6 +135,11 @@ class TaskHandle(asyncio.Future[T]):
     _runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None
     _timer: TimerHandle | None
 
+    @property
+    def task_id(self) -> Any:
+        """The task's id in its queue (generated, or the ``task_id`` given to submit). Read-only."""
+        return self._id
+
     def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the task; True if it was still unfinished.
 
@@ -144,7 +149,9 @@ class TaskHandle(asyncio.Future[T]):
         """
         if self.done():
             return False
-        return self._queue_ref.cancel_task(self.task_id)
+        # This very task: its id may belong to a newer one once this one's
+        # result is gone, while this handle is still being settled.
+        return self._queue_ref._cancel_record(self)
 
     def _settle(self, result: TaskResult[T]) -> None:
         # Called on the loop thread, once, when the task is terminal.
@@ -220,14 +227,17 @@ class Task:
 
     A task submitted from async code has its TaskHandle as its record; both
     carry the same fields, and the scheduler treats them alike. Fields are
-    read and written only under the scheduler's lock, except the immutable
-    ones (``task_id`` once accepted, ``_fn``, ``_is_coro``, ``_timeout``) and
-    those owned by whoever holds the task's worker slot.
+    read and written only under the scheduler's lock, except: those that
+    never change once the task is accepted (``_id``, ``_is_coro``,
+    ``_timeout``); those owned by whoever holds the task's worker slot; and
+    ``_fn``, ``_args``, ``_kwargs``, set at creation and cleared by
+    ``Scheduler.deliver`` once the task is terminal (a reader that finds
+    ``_fn`` None does not start the handler).
     """
 
     __slots__ = _RECORD_FIELDS
 
-    task_id: Any
+    _id: Any
     _fn: Callable[..., Any] | None
     _args: tuple[Any, ...]
     _kwargs: dict[str, Any] | None
@@ -258,6 +268,11 @@ class Task:
     ) -> None:
         fill_record(self, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout)
 
+    @property
+    def task_id(self) -> Any:
+        """The task's id (None until the queue accepts it and generates one)."""
+        return self._id
+
 
 Record = Task | TaskHandle[Any]
 """What the scheduler keeps per live task: a Task, or the TaskHandle that is its own record."""
@@ -275,7 +290,7 @@ def fill_record(
     timeout: float | None,
 ) -> None:
     """Set every field of a new record: a PENDING task that has not run."""
-    record.task_id = task_id
+    record._id = task_id
     record._fn = fn
     record._args = args
     record._kwargs = kwargs

@@ -77,6 +77,7 @@ class Runner:
         # of handlers that never suspend needs one worker, not one per slot.
         self._parked: deque[asyncio.Future[tuple[Record, int] | None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
+        self._unstarted: dict[asyncio.Task[None], tuple[Record, int]] = {}
         self._ready: deque[tuple[Record, int]] = deque()
         self._spawn_posted = False
         self._spawn_burst = 1
@@ -148,7 +149,7 @@ class Runner:
             if self._sched.on_loop(self._start_coro, task, attempt):
                 return None
             error = RuntimeError(
-                f"task {task.task_id!r} could not start: the queue's event loop is closed (it ended without shutdown())"
+                f"task {task._id!r} could not start: the queue's event loop is closed (it ended without shutdown())"
             )
             return self._sched.finish(task, attempt, False, None, error, retry=False)
         executor = self._executor
@@ -156,9 +157,12 @@ class Runner:
         # Thread pools run a chain of sync tasks in one submitted call; other
         # executors get a RemoteCall, which may have to be pickled.
         inline = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+        # The chain's claim travels in a box that the chain empties as it
+        # starts (see _sync_chain for why).
+        box = [(task, attempt)]
         try:
             if inline:
-                what: Callable[..., Any] = functools.partial(self._sync_chain, task, attempt)
+                what: Callable[..., Any] = functools.partial(self._sync_chain, box)
             else:
                 fn, args, kwargs = task._fn, task._args, task._kwargs
                 if fn is None or task._status is not RUNNING or task._attempt != attempt:
@@ -175,24 +179,30 @@ class Runner:
                 executor = replacement
                 future = executor.submit(what)
         except Exception as exc:  # shut down, broken, or rejecting these arguments
-            error = RuntimeError(f"the executor refused task {task.task_id!r} ({exc!r}); " + refusal_advice(exc))
+            error = RuntimeError(f"the executor refused task {task._id!r} ({exc!r}); " + refusal_advice(exc))
             error.__cause__ = exc
             return self._sched.finish(task, attempt, False, None, error, retry=False)
         if task._timeout is not None:
             self._sched.on_loop(self._sched.arm_timeout, task, attempt, self._timed_out)
         if inline:
-            future.add_done_callback(functools.partial(self._chain_done, task, attempt, executor))
+            future.add_done_callback(functools.partial(self._chain_done, box, executor))
         else:
             task._runner = future
             future.add_done_callback(functools.partial(self._foreign_done, task, attempt, executor))
         return None
 
     def _chain_done(
-        self, task: Record, attempt: int, executor: concurrent.futures.Executor, chain: concurrent.futures.Future[None]
+        self,
+        box: list[tuple[Record, int]],
+        executor: concurrent.futures.Executor,
+        chain: concurrent.futures.Future[None],
     ) -> None:
         # Whatever thread the executor completes its futures on, perhaps
         # holding the executor's own lock (shutdown(cancel_futures=True) does):
         # so never start work from here (hand_over=False).
+        if not box:
+            return  # the chain ran; it reported every task it held
+        task, attempt = box.pop()
         if chain.cancelled():
             why = "cancelled it before it ran (shut down with cancel_futures=True?)"
             advice = "do not shut down an executor while a HybridQueue still uses it"
@@ -205,9 +215,9 @@ class Runner:
             )
             if self._factory is not None:  # the queue's own pool: the loop replaces it
                 self._sched.post(self._replace, executor)
-        else:
-            return  # the chain ran; it reported every task it held
-        error = RuntimeError(f"the executor {why}: task {task.task_id!r} failed; {advice}")
+        else:  # failed without running it: cannot happen to a ThreadPoolExecutor
+            why, advice = f"failed the call ({chain.exception()!r})", "report this as a bug"
+        error = RuntimeError(f"the executor {why}: task {task._id!r} failed; {advice}")
         self._sched.finish(task, attempt, False, None, error, retry=False, hand_over=False)
 
     def _timed_out(self, task: Record, attempt: int) -> None:
@@ -236,19 +246,22 @@ class Runner:
 
     # ------------------------------------------------------------- sync handlers
 
-    def _sync_chain(self, task: Record, attempt: int) -> None:
+    def _sync_chain(self, box: list[tuple[Record, int]]) -> None:
         # Executor thread: run sync tasks while the heap hands us sync tasks.
+        # A handler's exception keeps its traceback's frames, and each frame
+        # its caller's (f_back): this one, the executor's and the work item
+        # that holds this call's arguments. So none of them may keep a task
+        # record (often the user's handle) once done with it: the claim
+        # comes in a box emptied here, and lives only in ``claim``.
         sched = self._sched
-        claim: tuple[Record, int] | None = (task, attempt)
-        while claim is not None:
-            task, attempt = claim
-            if task._is_coro:
-                self._start(task, attempt)
-                return
-            ok, value, error = _call_sync(task, attempt)
-            claim = sched.finish(task, attempt, ok, value, error)
+        claim: tuple[Record, int] | None = box.pop()
+        while claim is not None and not claim[0]._is_coro:
+            claim = sched.finish(claim[0], claim[1], *_call_sync(*claim))
             if claim is not None and not claim[0]._is_coro and claim[0]._timeout is not None:
                 sched.on_loop(sched.arm_timeout, claim[0], claim[1], self._timed_out)
+        if claim is not None:
+            self._start(*claim)  # a coroutine task: its slot goes to the loop
+            claim = None
 
     def _foreign_done(
         self,
@@ -278,7 +291,7 @@ class Runner:
             else:
                 retry = False
                 error = TypeError(
-                    f"the executor returned {type(outcome).__qualname__} for task {task.task_id!r} instead of "
+                    f"the executor returned {type(outcome).__qualname__} for task {task._id!r} instead of "
                     "running the call it was given; pass an executor that calls what it is submitted"
                 )
         else:
@@ -335,13 +348,23 @@ class Runner:
         assert self._sched.loop is not None
         worker = self._sched.loop.create_task(self._work(claim), name="hybrid_queue-worker")
         self._workers.add(worker)
-        worker.add_done_callback(self._workers.discard)
+        self._unstarted[worker] = claim
+        worker.add_done_callback(self._worker_done)
+
+    def _worker_done(self, worker: asyncio.Task[None]) -> None:
+        self._workers.discard(worker)
+        # Cancelled before its first step (the loop closing, or code that
+        # cancels every task), it never took its claim: settle it here.
+        claim = self._unstarted.pop(worker, None)
+        if claim is not None:
+            self._give_up(*claim, asyncio.CancelledError())
 
     async def _work(self, claim: tuple[Record, int] | None) -> None:
         # Loop thread. A worker holds a slot while it has a claim; without
         # one it parks until _start_coro hands it a claim, or close() None.
         me = asyncio.current_task()
         assert me is not None and self._sched.loop is not None
+        del self._unstarted[me]  # the claim is this worker's from now on
         ready = self._ready
         while claim is not None:
             task, attempt = claim
@@ -378,7 +401,7 @@ class Runner:
     def _give_up(self, task: Record, attempt: int, exc: BaseException) -> None:
         # The worker is being cancelled from outside (the loop is closing)
         # while it holds a claim: the task ends CANCELLED, the slot moves on.
-        self._sched.cancel(task.task_id, record=task)
+        self._sched.cancel(task._id, record=task)
         claim = self._sched.finish(task, attempt, False, None, exc)
         if claim is not None:
             self.launch([claim])
@@ -428,6 +451,9 @@ class Runner:
             if claim is not None:
                 self.launch([claim])
             raise asyncio.CancelledError
+        # A handler's exception keeps this frame (the f_back of the handler's
+        # own): let go of the record (the handle) and the outcome first.
+        del task, fn, args, kwargs, value, error
         return claim
 
     # ---------------------------------------------------------------- shutdown
@@ -459,7 +485,7 @@ class Runner:
 
 def _timeout_error(task: Record, attempt: int) -> TimeoutError:
     return TimeoutError(
-        f"task {task.task_id!r} attempt {attempt} exceeded its timeout of {task._timeout} s"
+        f"task {task._id!r} attempt {attempt} exceeded its timeout of {task._timeout} s"
         + ("" if task._is_coro else " (a sync handler cannot be interrupted; its late result is discarded)")
     )
 
@@ -470,6 +496,8 @@ def _call_sync(task: Record, attempt: int) -> tuple[bool, Any, BaseException | N
     # point never starts; one cancelled after it is abandoned to finish.
     if fn is None or task._status is not RUNNING or task._attempt != attempt:
         return False, None, _ABANDONED
+    task_id = task._id
+    del task  # not kept by a failure's traceback, which keeps this frame (see Runner._sync_chain)
     try:
         value = fn(*args, **kwargs) if kwargs else fn(*args)
     except BaseException as exc:  # recorded as the attempt's failure, like concurrent.futures
@@ -480,7 +508,7 @@ def _call_sync(task: Record, attempt: int) -> tuple[bool, Any, BaseException | N
             False,
             None,
             TypeError(
-                f"the sync handler of task {task.task_id!r} returned a coroutine; "
+                f"the sync handler of task {task_id!r} returned a coroutine; "
                 "submit the async function itself so it runs on the event loop"
             ),
         )

@@ -8,6 +8,7 @@ import concurrent.futures
 import gc
 import itertools
 import threading
+import weakref
 
 import pytest
 from conftest import wait_until
@@ -630,6 +631,34 @@ async def test_max_results_evicts_oldest(make_queue):
     assert (await q.get_result(handles[4].task_id)).result == 4
 
 
+@pytest.mark.parametrize("kind", ["coroutine", "sync"])
+async def test_failed_handle_is_freed_as_soon_as_it_is_dropped(make_queue, kind):
+    # The stored result keeps the error, and the error its traceback's
+    # frames (and theirs, through f_back): none of them may keep the handle,
+    # which would then sit in a cycle (handle -> error -> frame -> handle).
+    q = await make_queue(2)
+
+    async def coro_fail():
+        raise ValueError("boom")
+
+    def sync_fail():
+        raise ValueError("boom")
+
+    h = await q.submit(coro_fail if kind == "coroutine" else sync_fail, max_retries=0)
+    await asyncio.wait([h])
+    assert isinstance(h.exception(), ValueError)
+    stored = await q.get_result(h.task_id)
+    ref = weakref.ref(h)
+    gc.disable()
+    try:
+        del h
+        # A pool thread may still be returning from the call that ran it.
+        await wait_until(lambda: ref() is None)
+    finally:
+        gc.enable()
+    assert isinstance(stored.error, ValueError)
+
+
 async def test_traced_memory_returns_to_baseline_after_10000_tasks(make_queue, figures):
     import tracemalloc
 
@@ -748,6 +777,48 @@ async def test_get_result_waits_then_times_out(make_queue):
 
 
 # ------------------------------------------------------------ batch submit
+
+
+async def test_worker_cancelled_before_its_first_step_settles_its_claim(make_queue):
+    # Code that cancels every task (or a loop closing) can cancel a worker
+    # that was made for a claim but has not run yet: the claim must not be lost.
+    q = await make_queue(8)
+
+    async def nap():
+        await asyncio.sleep(0.001)
+
+    handles = [q.submit_nowait(nap) for _ in range(8)]
+    await asyncio.sleep(0)  # the first worker is made now, its first step still queued
+    workers = [t for t in asyncio.all_tasks() if t.get_name() == "hybrid_queue-worker"]
+    assert len(workers) == 1
+    workers[0].cancel()
+    await asyncio.wait_for(q.shutdown(), 10)
+    assert all(h.done() for h in handles)
+    s = q.stats()
+    assert (s.busy_workers, s.running, s.cancelled, s.completed) == (0, 0, 1, 7)
+
+
+def test_task_handle_id_is_read_only():
+    async def main():
+        async with HybridQueue(1) as q:
+            h = await q.submit(asyncio.sleep, 0)
+            with pytest.raises(AttributeError):
+                h.task_id = "mine"
+            await h
+
+    asyncio.run(main())
+
+
+async def test_submit_many_leaves_errors_of_the_iterables_alone(make_queue):
+    q = await make_queue(1)
+    with pytest.raises(ValueError, match=r"^invalid literal for int\(\)"):
+        await q.submit_many(abs, (int(s) for s in ["1", "x"]))
+    consumed = []
+    gen = (consumed.append(i) or i for i in range(3))
+    with pytest.raises(TypeError, match=r"^the handler must be callable"):
+        await q.submit_many(42, gen)
+    assert consumed == []  # refused before the batch was read
+    assert q.stats().submitted == 0
 
 
 async def test_submit_many_returns_handles_in_order_and_keeps_priority_order(make_queue):
