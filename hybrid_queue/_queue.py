@@ -493,8 +493,8 @@ class HybridQueue:
         iterables must have equal lengths. Tasks get generated ids; the
         options apply to every task. In a bounded queue it waits until the
         whole batch fits (single submits may take freed places first), so a
-        batch larger than ``max_queue_size`` is a ValueError. Handler keyword arguments: bind them with
-        ``functools.partial``.
+        batch larger than ``max_queue_size`` is a ValueError. Bind handler
+        keyword arguments with ``functools.partial``.
 
         Raises QueueShutDown once shutdown began, TypeError/ValueError for bad
         arguments, before any task is queued. Loop thread.

@@ -96,7 +96,31 @@ _RECORD_FIELDS = (
 )
 
 
-class TaskHandle(asyncio.Future[T]):
+class _RecordFields:
+    """The types of a record's fields, for both kinds of record (Task, TaskHandle); no state of its own."""
+
+    __slots__ = ()
+
+    _id: Any
+    _fn: Callable[..., Any] | None
+    _args: tuple[Any, ...]
+    _kwargs: dict[str, Any] | None
+    _is_coro: bool
+    _priority: int
+    _max_retries: int
+    _timeout: float | None
+    _status: TaskStatus
+    _retry_count: int
+    _attempt: int
+    _ticket: int
+    _started_at: float
+    _cfuture: TaskFuture[Any] | None
+    _waiters: list[asyncio.Future[TaskResult[Any]]] | None
+    _runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None
+    _timer: TimerHandle | None
+
+
+class TaskHandle(asyncio.Future[T], _RecordFields):
     """What ``await queue.submit(...)`` returns: an ``asyncio.Future`` of the handler's value.
 
     ``await handle`` returns the handler's value, raises its final exception,
@@ -116,24 +140,7 @@ class TaskHandle(asyncio.Future[T]):
     # No __init__ of its own: made by ``TaskHandle(loop=loop)`` (the C
     # initializer, no Python frame), then filled by ``fill_record`` and given
     # ``_queue_ref`` by the queue before anyone else sees it.
-    _id: Any
     _queue_ref: HybridQueue
-    _fn: Callable[..., Any] | None
-    _args: tuple[Any, ...]
-    _kwargs: dict[str, Any] | None
-    _is_coro: bool
-    _priority: int
-    _max_retries: int
-    _timeout: float | None
-    _status: TaskStatus
-    _retry_count: int
-    _attempt: int
-    _ticket: int
-    _started_at: float
-    _cfuture: TaskFuture[Any] | None
-    _waiters: list[asyncio.Future[TaskResult[Any]]] | None
-    _runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None
-    _timer: TimerHandle | None
 
     @property
     def task_id(self) -> Any:
@@ -222,7 +229,7 @@ class TaskFuture(concurrent.futures.Future[T]):
             pass
 
 
-class Task:
+class Task(_RecordFields):
     """The scheduler's record of one task submitted from sync code (its handle is a TaskFuture). Private.
 
     A task submitted from async code has its TaskHandle as its record; both
@@ -236,24 +243,6 @@ class Task:
     """
 
     __slots__ = _RECORD_FIELDS
-
-    _id: Any
-    _fn: Callable[..., Any] | None
-    _args: tuple[Any, ...]
-    _kwargs: dict[str, Any] | None
-    _is_coro: bool
-    _priority: int
-    _max_retries: int
-    _timeout: float | None
-    _status: TaskStatus
-    _retry_count: int
-    _attempt: int
-    _ticket: int
-    _started_at: float
-    _cfuture: TaskFuture[Any] | None
-    _waiters: list[asyncio.Future[TaskResult[Any]]] | None
-    _runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None
-    _timer: TimerHandle | None
 
     def __init__(
         self,

@@ -370,19 +370,17 @@ class Runner:
             task, attempt = claim
             if task._is_coro:
                 claim = await self._run_coro(me, task, attempt)
-                if ready:
-                    # Claims made before this one wait longest: run them
-                    # first. Each holds a slot of its own, as this one does.
-                    if claim is not None:
-                        ready.append(claim)
-                    claim = ready.popleft()
-                if claim is not None:
-                    continue
             else:
                 self._start(task, attempt)  # the slot goes with the sync task
-                if ready:
-                    claim = ready.popleft()
-                    continue
+                claim = None
+            if ready:
+                # Claims made before this one wait longest: run them first.
+                # Each holds a slot of its own, as this one does.
+                if claim is not None:
+                    ready.append(claim)
+                claim = ready.popleft()
+            if claim is not None:
+                continue
             # A parked frame must not keep the last task (and its result) alive.
             claim = None
             del task
