@@ -290,6 +290,76 @@ def test_store_size_bound_evicts_the_oldest_after_an_id_is_reused():
     assert "a" in store and "c" in store
 
 
+def test_store_discarded_then_re_added_id_expires_by_its_new_time():
+    store = ResultStore(ttl=10.0, max_results=10)
+    store.add(done("a"), now=0.0)
+    store.add(done("b"), now=1.0)
+    store.discard("a")
+    again = done("a")
+    store.add(again, now=5.0)
+    assert store.get("a", now=12.0) is again  # the first "a" would have expired at 10.0
+    assert [r.task_id for r in store.expire(now=12.0)] == ["b"]
+    assert store.next_expiry() == 15.0
+    assert store.expire(now=15.0) == [again]
+
+
+def test_store_discards_leave_no_more_slots_than_results():
+    # Discarding marks a slot stale instead of searching the deque for it; the
+    # stale slots must not pile up when a long TTL keeps them from expiring.
+    store = ResultStore(ttl=1e9, max_results=10_000)
+    for i in range(5_000):
+        store.add(done(f"t{i}"), now=float(i))
+        if i % 10:
+            store.discard(f"t{i}")
+    assert len(store) == 500
+    assert len(store._ids) <= 2 * len(store) + 1
+    assert [f"t{i}" in store for i in range(0, 5_000, 10)] == [True] * 500
+
+
+def _store_model_ops() -> st.SearchStrategy[list[tuple[str, str, float]]]:
+    ids = st.sampled_from(["a", "b", "c", "d"])
+    step = st.sampled_from([0.0, 0.5, 3.0, 12.0])
+    op = st.sampled_from(["add", "discard", "get", "expire", "next_expiry"])
+    return st.lists(st.tuples(op, ids, step), max_size=60)
+
+
+@deterministic
+@given(_store_model_ops(), st.integers(min_value=1, max_value=3))
+def test_store_matches_a_list_model(ops, max_results):
+    # The model: (id, expires_at, result) in insertion order, re-adding an id
+    # moves it to the back; what the store did before it gave up its
+    # OrderedDict of (expires_at, result) entries.
+    store = ResultStore(ttl=10.0, max_results=max_results)
+    model: list[tuple[str, float, TaskResult[str]]] = []
+    now = 0.0
+    for op, task_id, step in ops:
+        now += step
+        if op == "add":
+            result = done(task_id)
+            model = [entry for entry in model if entry[0] != task_id] + [(task_id, now + 10.0, result)]
+            evicted = [entry[2] for entry in model[: max(0, len(model) - max_results)]]
+            del model[: len(evicted)]
+            assert store.add(result, now) == evicted
+        elif op == "discard":
+            found = [entry[2] for entry in model if entry[0] == task_id]
+            model = [entry for entry in model if entry[0] != task_id]
+            assert store.discard(task_id) is (found[0] if found else None)
+        elif op == "get":
+            found = [entry[2] for entry in model if entry[0] == task_id and entry[1] > now]
+            assert store.get(task_id, now) is (found[0] if found else None)
+        elif op == "expire":
+            due = [entry[2] for entry in model if entry[1] <= now]
+            model = [entry for entry in model if entry[1] > now]
+            assert store.expire(now) == due
+        else:
+            assert store.next_expiry() == (model[0][1] if model else None)
+        assert len(store) == len(model)
+        assert {entry[0] for entry in model} == {tid for tid in "abcd" if tid in store}
+        # Every slot is live or counted stale.
+        assert store._stale_slots == sum(store._stale.values())
+        assert len(store._ids) == len(store._times) == len(store) + store._stale_slots
+
+
 # ----------------------------------------------------------------- RetryPolicy
 
 
