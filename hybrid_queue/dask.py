@@ -19,6 +19,13 @@ What ``client.get_executor()`` alone would get wrong, and this executor does not
 - **Handler keyword arguments stay the handler's.** ``Client.submit`` takes
   ``key=``, ``priority=``, ``retries=``, ``workers=`` and more for itself; here
   they reach the handler.
+- **Fewer round trips.** The calls submitted in one turn of the client's
+  event loop reach the scheduler as one graph, and the results of tasks that
+  finished together come back in one request to the scheduler, as
+  ``Client.gather`` would fetch them; Dask's own executor sends each call
+  and fetches each result on its own. When a result cannot be fetched (its
+  worker died, and Dask computes it again), the others of its batch are
+  fetched one by one, so they do not wait for it.
 - **A result that cannot be sent back fails its task.** Dask keeps a result
   on the worker until someone fetches it, and one that cannot be serialized
   then is never delivered: the task would hang. Here the worker serializes
@@ -37,8 +44,11 @@ setting (3 by default), then fails it with ``distributed.KilledWorker``.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import functools
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -53,11 +63,11 @@ __all__ = ["DaskExecutor", "dask_executor"]
 
 T = TypeVar("T")
 
-# What DaskExecutor passes on to Client.submit for every task. Others are
-# its own (pure, key: every submission is a new task), meaningless for one
-# call (actor, fifo_timeout), or the queue's to decide: retries (the queue's
-# RetryPolicy retries a failed handler; Dask's allowed-failures setting, a
-# task whose worker died).
+# What DaskExecutor passes on to Client.map for every task. Others are its
+# own (pure, key: every submission is a new task), meaningless for one call
+# (actor, fifo_timeout, batch_size), or the queue's to decide: retries (the
+# queue's RetryPolicy retries a failed handler; Dask's allowed-failures
+# setting, a task whose worker died).
 SUBMIT_OPTIONS = frozenset({"workers", "resources", "allow_other_workers", "priority"})
 
 
@@ -73,17 +83,23 @@ class DaskExecutor(concurrent.futures.Executor):
         self._client = client
         self._owns_client = owns_client
         self._options = dict(options)
-        # Dask's own executor does the bookkeeping of each call: its future
-        # stays PENDING until the task ends, so cancel() works as long as the
-        # task does and releases the task, and each result is fetched on the
-        # client's event loop, so a result that Dask must recompute (its
-        # worker died) holds up no other. pure=False: see the module.
-        self._inner = client.get_executor(pure=False)  # type: ignore[no-untyped-call]
+        # Orders submit() against shutdown() and guards what both threads
+        # touch. Invariant: _send_posted is True exactly while a _send() is
+        # queued on the client's event loop, and that _send() takes every
+        # call in _outbox, so none is left behind.
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._outbox: list[tuple[_Call | RemoteCall, concurrent.futures.Future[Any]]] = []
+        self._send_posted = False
         # Futures of calls not finished yet, for shutdown(); weak, so that a
         # finished call is not kept alive by the executor.
         self._live: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
-        self._lock = threading.Lock()  # orders submit() against shutdown()
-        self._shutdown = False
+        # The client's event loop thread only: tasks that finished since the
+        # last fetch, whose results one round trip to the scheduler fetches;
+        # and the coroutines that wait for tasks, kept from the collector.
+        self._finished: list[tuple[distributed.Future[Any], concurrent.futures.Future[Any]]] = []
+        self._fetch_posted = False
+        self._waiting: set[asyncio.Task[None]] = set()
 
     @property
     def client(self) -> distributed.Client:
@@ -96,27 +112,34 @@ class DaskExecutor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
         """Run ``fn(*args, **kwargs)`` as a new Dask task; return a ``concurrent.futures.Future`` of it.
 
+        The calls submitted in one turn of the client's event loop reach the
+        scheduler together, as one graph. A call that cannot be serialized
+        fails its own future with a TypeError saying so.
+
         Cancelling the future releases the Dask task: one still waiting for
         a worker never runs; one already running cannot be interrupted, it
         runs to its end on its worker and its result is dropped.
 
-        Raises RuntimeError after ``shutdown``, and TypeError when the
-        handler or its arguments cannot be serialized. Any thread.
+        Raises RuntimeError after ``shutdown`` or once the client is closed.
+        Any thread.
         """
-        # The queue's own calls carry their keyword arguments and check their
+        # The queue's own calls carry their arguments and check their
         # results themselves; anything else is wrapped to do both.
-        call: Callable[..., Any] = fn if isinstance(fn, RemoteCall) and not kwargs else _Call(fn, kwargs)
+        call: _Call | RemoteCall
+        call = fn if isinstance(fn, RemoteCall) and not (args or kwargs) else _Call(fn, args, kwargs)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot submit to a DaskExecutor after shutdown(); make a new one")
-            try:
-                future: concurrent.futures.Future[T] = self._inner.submit(call, *args, **self._options)
-            except TypeError as exc:  # distributed's way of saying "could not serialize"
-                raise TypeError(
-                    f"could not send {call.__name__} and its arguments to the Dask cluster ({exc}); the handler, "
-                    "its arguments and keyword arguments must be picklable (or cloudpicklable)"
-                ) from exc
+            if self._client.status == "closed":
+                # Its event loop would drop the call without a word.
+                raise RuntimeError(f"cannot submit to a DaskExecutor whose client is closed ({self._client!r})")
+            self._outbox.append((call, future))
             self._live.add(future)
+            post = not self._send_posted
+            self._send_posted = True
+        if post:
+            self._on_client_loop(self._send)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -141,6 +164,159 @@ class DaskExecutor(concurrent.futures.Executor):
             concurrent.futures.wait(live)
         if first and self._owns_client:
             self._client.close()  # type: ignore[no-untyped-call]
+
+    def _on_client_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        loop = self._client.loop
+        assert loop is not None, "a Client has its event loop from the start"
+        loop.add_callback(fn, *args, **kwargs)
+
+    # ---------------------------------------------- on the client's event loop
+
+    def _send(self) -> None:
+        with self._lock:
+            batch, self._outbox = self._outbox, []
+            self._send_posted = False
+        sending = []
+        for call, future in batch:
+            if future.cancelled():
+                # Cancelled before it was sent: it never runs. Notified, or
+                # concurrent.futures.wait() would not count it as done.
+                future.set_running_or_notify_cancel()
+            else:
+                sending.append((call, future))
+        batch = sending
+        if not batch:
+            return
+        client, options = self._client, self._options
+        calls = [call for call, _ in batch]
+        try:
+            # One graph for the batch: one message, and one update of the
+            # scheduler's state, where Client.submit would make one each.
+            tasks: list[distributed.Future[Any] | None] = list(
+                client.map(_run, calls, key=[_key(call) for call in calls], pure=False, **options)
+            )
+        except Exception:
+            # Some call could not be serialized: one by one, so that only
+            # those fail. Under new keys: the failed map's are still taken
+            # until its futures are released, and Client.submit would answer
+            # with one of those, for a task never sent.
+            tasks = []
+            for call, future in batch:
+                try:
+                    task = client.submit(_run, call, key=_key(call, "alone"), pure=False, **options)
+                except Exception as exc:
+                    task = None
+                    _settle(future, exception=_unsendable(call, exc))
+                tasks.append(task)
+        for task, (_, future) in zip(tasks, batch, strict=True):
+            if task is not None:
+                future.add_done_callback(functools.partial(self._cancelled, task=task))
+                waiting = asyncio.ensure_future(self._wait(task, future))
+                self._waiting.add(waiting)
+                waiting.add_done_callback(self._waiting.discard)
+
+    async def _wait(self, task: distributed.Future[Any], future: concurrent.futures.Future[Any]) -> None:
+        # Dask's own concurrent.futures face waits the same way; there is no
+        # public awaitable for "done" that does not also fetch the result.
+        state = task._state
+        assert state is not None, "a Future has its state until it is released, and we hold it"
+        await state.wait()  # type: ignore[no-untyped-call]
+        if task.status != "finished":
+            await self._fetch_one(task, future)
+            return
+        self._finished.append((task, future))
+        if not self._fetch_posted:
+            # After the wake-ups queued now: the tasks that finished in the
+            # same message from the scheduler share the fetch.
+            self._fetch_posted = True
+            asyncio.get_running_loop().call_soon(self._fetch_finished)
+
+    def _fetch_finished(self) -> None:
+        self._fetch_posted = False
+        batch, self._finished = self._finished, []
+        fetching = asyncio.ensure_future(self._fetch(batch))
+        self._waiting.add(fetching)
+        fetching.add_done_callback(self._waiting.discard)
+
+    async def _fetch(self, batch: list[tuple[distributed.Future[Any], concurrent.futures.Future[Any]]]) -> None:
+        # One round trip for every result of the batch, as Client.gather
+        # does, where fetching each on its own would make one each.
+        try:
+            scheduler = self._client.scheduler
+            assert scheduler is not None, "a connected Client has its scheduler"
+            response = await scheduler.gather(keys=[task.key for task, _ in batch])
+        except Exception:  # the scheduler is gone, or the connection: each task finds out on its own
+            response = None
+        if response is not None and response.get("status") == "OK":
+            data = response["data"]
+            for task, future in batch:
+                _settle(future, result=data[task.key])
+            return
+        # A result was lost with its worker, and Dask computes it again: each
+        # on its own, so that the others need not wait for that one.
+        await asyncio.gather(*(self._fetch_one(task, future) for task, future in batch))
+
+    async def _fetch_one(self, task: distributed.Future[Any], future: concurrent.futures.Future[Any]) -> None:
+        outcome = await task._result(raiseit=False)  # type: ignore[no-untyped-call]
+        status = task.status
+        if status == "finished":
+            _settle(future, result=outcome)
+        elif status == "cancelled":
+            future.cancel()
+            _settle(future)
+        else:
+            _, error, traceback = outcome
+            _settle(future, exception=error.with_traceback(traceback))
+
+    def _cancelled(self, future: concurrent.futures.Future[Any], task: distributed.Future[Any]) -> None:
+        # Done callback, in the thread that finished or cancelled the future.
+        if not future.cancelled():
+            return
+        # Wakes concurrent.futures.wait() on it, which counts a cancelled
+        # future as done only once it is notified.
+        future.set_running_or_notify_cancel()
+        if task.status != "cancelled":
+            # Not Future.cancel(), which blocks its caller for a round trip.
+            self._on_client_loop(self._client.cancel, [task], asynchronous=True)
+
+
+def _settle(
+    future: concurrent.futures.Future[Any], *, result: Any = None, exception: BaseException | None = None
+) -> None:
+    # Cancellation may have won the race from another thread; then _cancelled
+    # has notified the future's waiters.
+    try:
+        if future.cancelled():
+            return
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def _unsendable(call: _Call | RemoteCall, exc: Exception) -> Exception:
+    error: Exception
+    if isinstance(exc, TypeError):  # distributed's way of saying "could not serialize"
+        error = TypeError(
+            f"could not send {call.__name__} and its arguments to the Dask cluster ({exc}); the handler, "
+            "its arguments and keyword arguments must be picklable (or cloudpicklable)"
+        )
+    else:  # the client closed meanwhile, say
+        error = RuntimeError(f"could not send {call.__name__} to the Dask cluster ({exc!r})")
+    error.__cause__ = exc
+    return error
+
+
+def _key(call: _Call | RemoteCall, suffix: str = "") -> str:
+    # Dask names a task after its key's prefix: the handler's name.
+    return f"{call.__name__}-{call.token}{'-' if suffix else ''}{suffix}"
+
+
+def _run(call: _Call | RemoteCall) -> Any:
+    """What every task runs, on a Dask worker: the call it carries."""
+    return call()
 
 
 def dask_executor(client_or_address: distributed.Client | str | None = None, **submit_options: Any) -> DaskExecutor:
@@ -189,24 +365,26 @@ def dask_executor(client_or_address: distributed.Client | str | None = None, **s
 
 
 class _Call:
-    """What a Dask task runs: the handler with its keyword arguments bound, and its result checked.
+    """A call submitted to DaskExecutor by anyone but the queue: the handler, its arguments, its result checked.
 
     Keyword arguments travel inside, so that none of them is taken by
-    ``Client.submit`` as an option of its own. Pickled by reference: the
+    ``Client.map`` as an option of its own. Pickled by reference: the
     workers import it from hybrid_queue.dask.
     """
 
-    __slots__ = ("__name__", "fn", "kwargs")
+    __slots__ = ("__name__", "args", "fn", "kwargs", "token")
 
-    def __init__(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.fn = fn
+        self.args = args
         self.kwargs = kwargs
-        # Dask names tasks after ``__name__``: keep the handler's, for its dashboard and logs.
+        # Dask names tasks after their keys: keep the handler's name, for its dashboard and logs.
         self.__name__ = funcname(fn)
+        self.token = uuid.uuid4().hex
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self) -> Any:
         # On the Dask worker.
-        value = self.fn(*args, **self.kwargs)
+        value = self.fn(*self.args, **self.kwargs)
         try:
             # Dask would only find out when the client fetches the result,
             # and then never deliver it: find out now, and fail the task.

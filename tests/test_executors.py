@@ -21,9 +21,9 @@ import concurrent.futures
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from conftest import wait_until
@@ -36,6 +36,7 @@ loky = pytest.importorskip("loky", reason="the loky tests need loky (the `test` 
 from hybrid_queue.dask import DaskExecutor, dask_executor  # noqa: E402  (after the importorskip)
 
 ONE_LOOP = pytest.mark.asyncio(loop_factories=["asyncio"])
+T = TypeVar("T")
 FAST = RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.004)
 # Bound on any one wait for a process, a worker or a gate: generous, as
 # restarting a Dask worker takes a fraction of a second on a loaded machine.
@@ -633,4 +634,84 @@ def test_dask_executor_cancel_before_the_task_ends(dask_client, tmp_path):
             future.result(timeout=BOUND)
     finally:
         open_gate(gate)
+        executor.shutdown()
+
+
+def on_client_loop(client: Any, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in one callback on the client's event loop and return its value."""
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def call() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    client.loop.add_callback(call)
+    return done.result(timeout=BOUND)
+
+
+def test_dask_executor_sends_one_batch_and_fails_only_its_unpicklable_call(dask_client):
+    # Submitted in one callback on the client's loop, the three calls are
+    # sent by one _send(): one graph, which cannot be serialized as a whole.
+    executor = dask_executor(dask_client)
+    try:
+        futures = on_client_loop(
+            dask_client,
+            lambda: [executor.submit(double, 1), executor.submit(double, make_lock()), executor.submit(double, 3)],
+        )
+        assert futures[0].result(timeout=BOUND) == 2
+        assert futures[2].result(timeout=BOUND) == 6
+        error = futures[1].exception(timeout=BOUND)
+        assert isinstance(error, TypeError) and "picklable" in str(error), error
+    finally:
+        executor.shutdown()
+
+
+def test_dask_executor_call_cancelled_before_it_is_sent_never_runs(dask_client, tmp_path):
+    path = str(tmp_path / "calls")
+    executor = dask_executor(dask_client)
+    try:
+
+        def submit_and_cancel() -> concurrent.futures.Future[int]:
+            future = executor.submit(note, path, "call")
+            assert future.cancel()  # before the _send() queued behind this callback
+            return future
+
+        future = on_client_loop(dask_client, submit_and_cancel)
+        # Notified as cancelled, so wait() counts it as done.
+        done, _ = concurrent.futures.wait([future], timeout=BOUND)
+        assert done == {future}
+        assert executor.submit(double, 5).result(timeout=BOUND) == 10
+        assert not os.path.exists(path)
+    finally:
+        executor.shutdown()
+
+
+class FailFirstGather:
+    """Stands in for ``client.scheduler``: its first ``gather`` answers as for a result lost with its worker."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self._scheduler = scheduler
+        self.failed: list[list[Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scheduler, name)
+
+    async def gather(self, keys: list[Any], **kwargs: Any) -> dict[str, Any]:
+        if not self.failed:
+            self.failed.append(list(keys))
+            return {"status": "error", "keys": list(keys[:1])}
+        return await self._scheduler.gather(keys=keys, **kwargs)
+
+
+def test_dask_executor_fetches_each_result_alone_when_a_batch_fetch_fails(dask_client, monkeypatch):
+    stand_in = FailFirstGather(dask_client.scheduler)
+    monkeypatch.setattr(dask_client, "scheduler", stand_in)
+    executor = dask_executor(dask_client)
+    try:
+        futures = [executor.submit(double, i) for i in range(20)]
+        assert [f.result(timeout=BOUND) for f in futures] == [2 * i for i in range(20)]
+        assert len(stand_in.failed) == 1  # the batch fetch failed once; each result came on its own
+    finally:
         executor.shutdown()
