@@ -103,11 +103,13 @@ async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
     # and the RSS that stays after the TTL would be the benchmark's own.
     chunks = range(0, tasks, chunk)
     done, rss, traced = (array("q", bytes(8 * (len(chunks) + 1))) for _ in range(3))
+    # Made before the baseline too: making a tqdm bar imports modules and
+    # starts a monitor thread, whose memory would count as the soak's.
+    bar = progress_bar(tasks, "soak (tracemalloc)" if trace else "soak (RSS)", settings.progress)
     base_rss, base_traced = _read(process, collect=True)
     rss[0], traced[0] = base_rss, base_traced or 0
     started = perf_counter()
-    label = "soak (tracemalloc)" if trace else "soak (RSS)"
-    with progress_bar(tasks, label, settings.progress) as bar:
+    with bar:
         for c, first in enumerate(chunks):
             indices = range(first, min(first + chunk, tasks))
             await run_chunk(echo if c % 2 == 0 else echo_sync, indices)
