@@ -11,7 +11,7 @@ hybrid_queue never imports it. ::
     async with HybridQueue(workers=16, executor=dask_executor(client)) as q:
         handle = await q.submit(crunch, chunk)   # runs on some Dask worker
 
-What ``client.get_executor()`` alone would get wrong, and this executor does not:
+What this executor does that ``client.get_executor()`` does not:
 
 - **Every submission runs.** Dask names a task after its function and
   arguments unless told ``pure=False``, so two identical submissions would
@@ -19,23 +19,26 @@ What ``client.get_executor()`` alone would get wrong, and this executor does not
 - **Handler keyword arguments stay the handler's.** ``Client.submit`` takes
   ``key=``, ``priority=``, ``retries=``, ``workers=`` and more for itself; here
   they reach the handler.
-- **Fewer round trips.** The calls submitted in one turn of the client's
-  event loop reach the scheduler as one graph, and the results of tasks that
-  finished together come back in one request to the scheduler, as
-  ``Client.gather`` would fetch them; Dask's own executor sends each call
-  and fetches each result on its own. When a result cannot be fetched (its
-  worker died, and Dask computes it again), the others of its batch are
-  fetched one by one, so they do not wait for it.
+- **Calls reach the scheduler in batches.** The calls submitted in one turn
+  of the client's event loop are sent as one graph, which the scheduler
+  takes in one update of its state, where it would make one per call. Each
+  call is pickled on its own as it is submitted, so one that cannot be
+  pickled fails its own ``submit``, and the scheduler never unpickles a
+  handler or its arguments (one it could not unpickle would fail the whole
+  graph it came in).
 - **A result that cannot be sent back fails its task.** Dask keeps a result
   on the worker until someone fetches it, and one that cannot be serialized
   then is never delivered: the task would hang. Here the worker serializes
   the result once as soon as the handler returns, and a failure ends the task
   with a TypeError saying so. (That costs one extra serialization per result.)
 
+Results are fetched one task at a time, through the client, which merges the
+fetches that overlap into one request.
+
 The handler, its arguments and its result must be serializable by Dask
 (pickle, or cloudpickle for lambdas and local functions), and hybrid_queue
-must be importable on the workers: it is pure Python without dependencies
-(``pip install hybrid_queue`` there, or ``client.upload_file``).
+must be importable on the workers and the scheduler: it is pure Python
+without dependencies (``pip install hybrid_queue`` there).
 
 A worker that dies while it runs a task is Dask's to handle: the scheduler
 runs the task again elsewhere, up to its ``distributed.scheduler.allowed-failures``
@@ -55,6 +58,7 @@ from typing import Any, TypeVar
 
 import distributed
 from dask.utils import funcname
+from distributed.protocol.pickle import dumps, loads
 from distributed.protocol.serialize import serialize
 
 from ._remote import RemoteCall
@@ -70,6 +74,10 @@ T = TypeVar("T")
 # setting, a task whose worker died).
 SUBMIT_OPTIONS = frozenset({"workers", "resources", "allow_other_workers", "priority"})
 
+# Client states in which a graph sent reaches the scheduler (Dask buffers it
+# while connecting). In any other, it would be dropped without a word.
+_SENDING = frozenset({"newly-created", "connecting", "running"})
+
 
 class DaskExecutor(concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` that runs each call as its own task on a Dask cluster.
@@ -83,22 +91,20 @@ class DaskExecutor(concurrent.futures.Executor):
         self._client = client
         self._owns_client = owns_client
         self._options = dict(options)
-        # Orders submit() against shutdown() and guards what both threads
-        # touch. Invariant: _send_posted is True exactly while a _send() is
-        # queued on the client's event loop, and that _send() takes every
-        # call in _outbox, so none is left behind.
+        # Orders submit() against shutdown() and guards the outbox, which
+        # any thread fills and the client's event loop empties. Invariant:
+        # _send_posted is True exactly while a _send() is queued on that
+        # loop, and that _send() takes every call in _outbox. (A loop that
+        # has stopped for good drops what is queued on it: see submit().)
         self._lock = threading.Lock()
         self._shutdown = False
-        self._outbox: list[tuple[_Call | RemoteCall, concurrent.futures.Future[Any]]] = []
+        self._outbox: list[tuple[str, bytes, concurrent.futures.Future[Any]]] = []
         self._send_posted = False
         # Futures of calls not finished yet, for shutdown(); weak, so that a
         # finished call is not kept alive by the executor.
         self._live: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
-        # The client's event loop thread only: tasks that finished since the
-        # last fetch, whose results one round trip to the scheduler fetches;
-        # and the coroutines that wait for tasks, kept from the collector.
-        self._finished: list[tuple[distributed.Future[Any], concurrent.futures.Future[Any]]] = []
-        self._fetch_posted = False
+        # The client's event loop only: the coroutines that wait for tasks,
+        # kept from the collector until they end.
         self._waiting: set[asyncio.Task[None]] = set()
 
     @property
@@ -112,29 +118,37 @@ class DaskExecutor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
         """Run ``fn(*args, **kwargs)`` as a new Dask task; return a ``concurrent.futures.Future`` of it.
 
-        The calls submitted in one turn of the client's event loop reach the
-        scheduler together, as one graph. A call that cannot be serialized
-        fails its own future with a TypeError saying so.
+        The call is pickled here; the calls submitted in one turn of the
+        client's event loop reach the scheduler together, as one graph.
 
-        Cancelling the future releases the Dask task: one still waiting for
-        a worker never runs; one already running cannot be interrupted, it
-        runs to its end on its worker and its result is dropped.
+        Cancelling the future releases the Dask task: one the scheduler has
+        not yet given to a worker never runs; one already running cannot be
+        interrupted, it runs to its end on its worker and its result is
+        dropped.
 
-        Raises RuntimeError after ``shutdown`` or once the client is closed.
-        Any thread.
+        Raises TypeError when the handler or its arguments cannot be
+        pickled, RuntimeError after ``shutdown`` or once the client is
+        closed. Any thread.
         """
         # The queue's own calls carry their arguments and check their
         # results themselves; anything else is wrapped to do both.
         call: _Call | RemoteCall
         call = fn if isinstance(fn, RemoteCall) and not (args or kwargs) else _Call(fn, args, kwargs)
+        try:
+            payload = dumps(call)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise TypeError(
+                f"could not send {call.__name__} and its arguments to the Dask cluster ({exc!r}); the handler, "
+                "its arguments and keyword arguments must be picklable (or cloudpicklable)"
+            ) from exc
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot submit to a DaskExecutor after shutdown(); make a new one")
-            if self._client.status == "closed":
-                # Its event loop would drop the call without a word.
+            if self._client.status not in _SENDING:
+                # Its event loop may be gone, and with it any call queued there.
                 raise RuntimeError(f"cannot submit to a DaskExecutor whose client is closed ({self._client!r})")
-            self._outbox.append((call, future))
+            self._outbox.append((f"{call.__name__}-{call.token}", payload, future))
             self._live.add(future)
             post = not self._send_posted
             self._send_posted = True
@@ -150,8 +164,9 @@ class DaskExecutor(concurrent.futures.Executor):
         runs, so both are released; a running one ends on its worker
         unobserved); ``wait=True`` blocks until every task submitted has
         finished or was cancelled. A client that :func:`dask_executor`
-        connected itself is closed. Idempotent. Any thread but the client's
-        event loop thread.
+        connected itself is closed then, which cancels whatever is still
+        unfinished (with ``wait=False``). Idempotent. Any thread but the
+        client's event loop thread.
         """
         with self._lock:
             first = not self._shutdown
@@ -176,105 +191,81 @@ class DaskExecutor(concurrent.futures.Executor):
         with self._lock:
             batch, self._outbox = self._outbox, []
             self._send_posted = False
-        sending = []
-        for call, future in batch:
+        keys, payloads, futures = [], [], []
+        for key, payload, future in batch:
             if future.cancelled():
                 # Cancelled before it was sent: it never runs. Notified, or
                 # concurrent.futures.wait() would not count it as done.
                 future.set_running_or_notify_cancel()
             else:
-                sending.append((call, future))
-        batch = sending
-        if not batch:
+                keys.append(key)
+                payloads.append(payload)
+                futures.append(future)
+        if not futures:
             return
-        client, options = self._client, self._options
-        calls = [call for call, _ in batch]
+        client = self._client
+        if client.status not in _SENDING:
+            # Closing: a graph sent now would be dropped, and its futures
+            # would never end.
+            for future in futures:
+                _settle(future, exception=RuntimeError(f"the Dask client closed before the call was sent ({client!r})"))
+            return
         try:
-            # One graph for the batch: one message, and one update of the
-            # scheduler's state, where Client.submit would make one each.
-            tasks: list[distributed.Future[Any] | None] = list(
-                client.map(_run, calls, key=[_key(call) for call in calls], pure=False, **options)
-            )
-        except Exception:
-            # Some call could not be serialized: one by one, so that only
-            # those fail. Under new keys: the failed map's are still taken
-            # until its futures are released, and Client.submit would answer
-            # with one of those, for a task never sent.
-            tasks = []
-            for call, future in batch:
-                try:
-                    task = client.submit(_run, call, key=_key(call, "alone"), pure=False, **options)
-                except Exception as exc:
-                    task = None
-                    _settle(future, exception=_unsendable(call, exc))
-                tasks.append(task)
-        for task, (_, future) in zip(tasks, batch, strict=True):
-            if task is not None:
-                future.add_done_callback(functools.partial(self._cancelled, task=task))
-                waiting = asyncio.ensure_future(self._wait(task, future))
-                self._waiting.add(waiting)
-                waiting.add_done_callback(self._waiting.discard)
-
-    async def _wait(self, task: distributed.Future[Any], future: concurrent.futures.Future[Any]) -> None:
-        # Dask's own concurrent.futures face waits the same way; there is no
-        # public awaitable for "done" that does not also fetch the result.
-        state = task._state
-        assert state is not None, "a Future has its state until it is released, and we hold it"
-        await state.wait()  # type: ignore[no-untyped-call]
-        if task.status != "finished":
-            await self._fetch_one(task, future)
+            # The payloads are bytes: nothing here can fail to serialize.
+            tasks: list[distributed.Future[Any]] = client.map(_run, payloads, key=keys, pure=False, **self._options)
+        except Exception as exc:  # an option Dask refuses, say
+            for future in futures:
+                _settle(future, exception=RuntimeError(f"Dask refused the call ({exc!r})"))
             return
-        self._finished.append((task, future))
-        if not self._fetch_posted:
-            # After the wake-ups queued now: the tasks that finished in the
-            # same message from the scheduler share the fetch.
-            self._fetch_posted = True
-            asyncio.get_running_loop().call_soon(self._fetch_finished)
+        for task, future in zip(tasks, futures, strict=True):
+            # The future's done callbacks are kept as long as the future is;
+            # the task is reached through a holder emptied once the future is
+            # settled, so that a future kept by its caller does not keep the
+            # task's result on the cluster.
+            holder = [task]
+            future.add_done_callback(functools.partial(self._cancelled, holder=holder))
+            waiting = asyncio.ensure_future(self._wait(task, future, holder))
+            self._waiting.add(waiting)
+            waiting.add_done_callback(self._waiting.discard)
 
-    def _fetch_finished(self) -> None:
-        self._fetch_posted = False
-        batch, self._finished = self._finished, []
-        fetching = asyncio.ensure_future(self._fetch(batch))
-        self._waiting.add(fetching)
-        fetching.add_done_callback(self._waiting.discard)
-
-    async def _fetch(self, batch: list[tuple[distributed.Future[Any], concurrent.futures.Future[Any]]]) -> None:
-        # One round trip for every result of the batch, as Client.gather
-        # does, where fetching each on its own would make one each.
+    async def _wait(
+        self, task: distributed.Future[Any], future: concurrent.futures.Future[Any], holder: list[Any]
+    ) -> None:
+        # As Dask's own executor waits: for the task to end, then for its
+        # result, through the client's gather (which merges the fetches of
+        # tasks that end together, and waits for a result lost with its
+        # worker to be computed again).
         try:
-            scheduler = self._client.scheduler
-            assert scheduler is not None, "a connected Client has its scheduler"
-            response = await scheduler.gather(keys=[task.key for task, _ in batch])
-        except Exception:  # the scheduler is gone, or the connection: each task finds out on its own
-            response = None
-        if response is not None and response.get("status") == "OK":
-            data = response["data"]
-            for task, future in batch:
-                _settle(future, result=data[task.key])
+            outcome = await task._result(raiseit=False)  # type: ignore[no-untyped-call]
+            status = task.status
+        except BaseException as exc:  # the connection failed, or the loop is closing
+            holder.clear()
+            _settle(future, exception=RuntimeError(f"lost track of Dask task {task.key!r} ({exc!r})"))
+            if not isinstance(exc, Exception):
+                raise
             return
-        # A result was lost with its worker, and Dask computes it again: each
-        # on its own, so that the others need not wait for that one.
-        await asyncio.gather(*(self._fetch_one(task, future) for task, future in batch))
-
-    async def _fetch_one(self, task: distributed.Future[Any], future: concurrent.futures.Future[Any]) -> None:
-        outcome = await task._result(raiseit=False)  # type: ignore[no-untyped-call]
-        status = task.status
+        holder.clear()
         if status == "finished":
             _settle(future, result=outcome)
         elif status == "cancelled":
-            future.cancel()
-            _settle(future)
+            future.cancel()  # _cancelled notifies its waiters
         else:
             _, error, traceback = outcome
             _settle(future, exception=error.with_traceback(traceback))
 
-    def _cancelled(self, future: concurrent.futures.Future[Any], task: distributed.Future[Any]) -> None:
-        # Done callback, in the thread that finished or cancelled the future.
+    # ----------------------------------------------------------- any thread
+
+    def _cancelled(self, future: concurrent.futures.Future[Any], holder: list[Any]) -> None:
+        # Done callback, in the thread that settled or cancelled the future.
         if not future.cancelled():
             return
         # Wakes concurrent.futures.wait() on it, which counts a cancelled
         # future as done only once it is notified.
         future.set_running_or_notify_cancel()
+        try:
+            task = holder.pop()
+        except IndexError:  # the task ended first
+            return
         if task.status != "cancelled":
             # Not Future.cancel(), which blocks its caller for a round trip.
             self._on_client_loop(self._client.cancel, [task], asynchronous=True)
@@ -283,8 +274,8 @@ class DaskExecutor(concurrent.futures.Executor):
 def _settle(
     future: concurrent.futures.Future[Any], *, result: Any = None, exception: BaseException | None = None
 ) -> None:
-    # Cancellation may have won the race from another thread; then _cancelled
-    # has notified the future's waiters.
+    # Cancellation may have won the race from another thread; then
+    # _cancelled has notified the future's waiters.
     try:
         if future.cancelled():
             return
@@ -296,26 +287,9 @@ def _settle(
         pass
 
 
-def _unsendable(call: _Call | RemoteCall, exc: Exception) -> Exception:
-    error: Exception
-    if isinstance(exc, TypeError):  # distributed's way of saying "could not serialize"
-        error = TypeError(
-            f"could not send {call.__name__} and its arguments to the Dask cluster ({exc}); the handler, "
-            "its arguments and keyword arguments must be picklable (or cloudpicklable)"
-        )
-    else:  # the client closed meanwhile, say
-        error = RuntimeError(f"could not send {call.__name__} to the Dask cluster ({exc!r})")
-    error.__cause__ = exc
-    return error
-
-
-def _key(call: _Call | RemoteCall, suffix: str = "") -> str:
-    # Dask names a task after its key's prefix: the handler's name.
-    return f"{call.__name__}-{call.token}{'-' if suffix else ''}{suffix}"
-
-
-def _run(call: _Call | RemoteCall) -> Any:
-    """What every task runs, on a Dask worker: the call it carries."""
+def _run(payload: bytes) -> Any:
+    """What every task runs, on a Dask worker: the call pickled in ``payload``."""
+    call: _Call | RemoteCall = loads(payload)  # type: ignore[no-untyped-call]
     return call()
 
 
@@ -328,21 +302,26 @@ def dask_executor(client_or_address: distributed.Client | str | None = None, **s
     ``shutdown``); or None for the current default client (the one made last
     in this process).
 
-    ``submit_options`` go to every ``Client.submit``: ``workers``,
+    ``submit_options`` go to ``Client.map`` for every task: ``workers``,
     ``resources``, ``allow_other_workers`` and ``priority`` (Dask's, among
     the cluster's tasks; the queue's priority decides what is submitted
     first). Retries are the queue's (its ``RetryPolicy``), not Dask's.
 
-    Raises TypeError for another option, ValueError when there is no default
-    client. Call it from a thread that is not running an event loop when it
-    has to connect (an address); otherwise from any thread.
+    Raises TypeError for another option, ValueError for
+    ``allow_other_workers`` without ``workers`` and when there is no default
+    client; a value that Dask refuses fails each task with Dask's error.
+    Call it from a thread that is not running an event loop when it has to
+    connect (an address); otherwise from any thread.
     """
     unknown = sorted(set(submit_options) - SUBMIT_OPTIONS)
     if unknown:
         raise TypeError(
             f"dask_executor() got unsupported option(s) {', '.join(unknown)}; "
-            f"it passes only {', '.join(sorted(SUBMIT_OPTIONS))} to Client.submit"
+            f"it passes only {', '.join(sorted(SUBMIT_OPTIONS))} to Dask"
         )
+    if submit_options.get("allow_other_workers") and submit_options.get("workers") is None:
+        # Dask's rule, checked here rather than failing every task.
+        raise ValueError("dask_executor(allow_other_workers=True) needs workers=: the workers to prefer")
     if isinstance(client_or_address, distributed.Client):
         return DaskExecutor(client_or_address, owns_client=False, options=submit_options)
     if isinstance(client_or_address, str):

@@ -651,21 +651,50 @@ def on_client_loop(client: Any, fn: Callable[[], T]) -> T:
     return done.result(timeout=BOUND)
 
 
-def test_dask_executor_sends_one_batch_and_fails_only_its_unpicklable_call(dask_client):
+def refuse_to_unpickle() -> None:
+    raise ValueError("this argument cannot be unpickled here")
+
+
+class Unloadable:
+    """Pickles, but raises where it is unpickled."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (refuse_to_unpickle, ())
+
+
+def test_dask_executor_unpicklable_call_raises_at_submit(dask_client):
+    executor = dask_executor(dask_client)
+    try:
+        with pytest.raises(
+            TypeError, match=r"^could not send double and its arguments to the Dask cluster .*picklable"
+        ):
+            executor.submit(double, make_lock())
+        assert executor.submit(double, 2).result(timeout=BOUND) == 4
+    finally:
+        executor.shutdown()
+
+
+def test_dask_executor_call_that_cannot_be_unpickled_fails_alone_in_its_batch(dask_client):
     # Submitted in one callback on the client's loop, the three calls are
-    # sent by one _send(): one graph, which cannot be serialized as a whole.
+    # sent by one _send(), as one graph; the one whose argument cannot be
+    # unpickled must fail alone, not take the graph down with it.
     executor = dask_executor(dask_client)
     try:
         futures = on_client_loop(
             dask_client,
-            lambda: [executor.submit(double, 1), executor.submit(double, make_lock()), executor.submit(double, 3)],
+            lambda: [executor.submit(double, 1), executor.submit(double, Unloadable()), executor.submit(double, 3)],
         )
         assert futures[0].result(timeout=BOUND) == 2
         assert futures[2].result(timeout=BOUND) == 6
         error = futures[1].exception(timeout=BOUND)
-        assert isinstance(error, TypeError) and "picklable" in str(error), error
+        assert "cannot be unpickled here" in repr(error), error
     finally:
         executor.shutdown()
+
+
+def test_dask_executor_allow_other_workers_needs_workers(dask_client):
+    with pytest.raises(ValueError, match=r"^dask_executor\(allow_other_workers=True\) needs workers="):
+        dask_executor(dask_client, allow_other_workers=True)
 
 
 def test_dask_executor_call_cancelled_before_it_is_sent_never_runs(dask_client, tmp_path):
@@ -684,34 +713,5 @@ def test_dask_executor_call_cancelled_before_it_is_sent_never_runs(dask_client, 
         assert done == {future}
         assert executor.submit(double, 5).result(timeout=BOUND) == 10
         assert not os.path.exists(path)
-    finally:
-        executor.shutdown()
-
-
-class FailFirstGather:
-    """Stands in for ``client.scheduler``: its first ``gather`` answers as for a result lost with its worker."""
-
-    def __init__(self, scheduler: Any) -> None:
-        self._scheduler = scheduler
-        self.failed: list[list[Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._scheduler, name)
-
-    async def gather(self, keys: list[Any], **kwargs: Any) -> dict[str, Any]:
-        if not self.failed:
-            self.failed.append(list(keys))
-            return {"status": "error", "keys": list(keys[:1])}
-        return await self._scheduler.gather(keys=keys, **kwargs)
-
-
-def test_dask_executor_fetches_each_result_alone_when_a_batch_fetch_fails(dask_client, monkeypatch):
-    stand_in = FailFirstGather(dask_client.scheduler)
-    monkeypatch.setattr(dask_client, "scheduler", stand_in)
-    executor = dask_executor(dask_client)
-    try:
-        futures = [executor.submit(double, i) for i in range(20)]
-        assert [f.result(timeout=BOUND) for f in futures] == [2 * i for i in range(20)]
-        assert len(stand_in.failed) == 1  # the batch fetch failed once; each result came on its own
     finally:
         executor.shutdown()
