@@ -357,6 +357,8 @@ class Scheduler:
             if task_id in self._store:  # an old result of this id, expired but not yet swept
                 self._expired += 1
                 self._dropped.append(self._store.discard(task_id))
+                if self._store.released:
+                    self._dropped.extend(self._store.take_released())
                 if self._listeners:
                     self._emit_locked(EventKind.EXPIRED, task_id, 0, self.clock())
         task._ticket = self._heap.push(task._priority, task)
@@ -598,6 +600,8 @@ class Scheduler:
             kind = _EVENT_OF[status]
             self._emit_locked(kind, task._id, task._attempt, now, duration, error)
         evicted = self._store.add(result, now)
+        if self._store.released:
+            self._dropped.extend(self._store.take_released())
         if evicted:
             self._evicted += len(evicted)
             self._dropped.extend(evicted)
@@ -816,18 +820,20 @@ class Scheduler:
         # Loop thread: drop what is due and sleep until the next result is.
         with self.lock:
             now = self.clock()
-            # Dropped when this method returns, after the lock (see _take_dropped_locked).
             expired = self._store.expire(now)
             self._expired += len(expired)
             if self._listeners:
                 for old in expired:
                     self._emit_locked(EventKind.EXPIRED, old.task_id, 0, now)
             due = self._store.next_expiry()
+            # Dropped after the lock (see _take_dropped_locked).
+            dropped = (expired, self._store.take_released() if self._store.released else None)
             if due is None or not self._started:
                 self._expiry_armed = False
                 self._expiry_timer = None
-                return
-            self._expiry_timer = self._call_later(max(due - now, 0.0), self._expire)
+            else:
+                self._expiry_timer = self._call_later(max(due - now, 0.0), self._expire)
+        del dropped
 
     def status(self, task_id: Hashable) -> TaskStatus:
         """The task's current status; raises UnknownTaskError if not known."""
@@ -871,6 +877,8 @@ class Scheduler:
         """Drop a stored result; False if there was none."""
         with self.lock:
             dropped = self._store.discard(task_id)
+            released = self._store.take_released() if self._store.released else None
+        del released
         return dropped is not None  # its last reference goes here, after the lock
 
     def quiet(self) -> bool:

@@ -25,37 +25,65 @@ class ResultStore:
     order, so expiring is popping from the front, and the ``max_results``
     bound evicts the result closest to expiry. Reading a result does not
     extend its life.
+
+    What the store lets go of may run user code (a result's or an id's
+    ``__del__``): results come back from the calls that drop them, and what
+    may hold the last reference to an id collects in ``released``, for the
+    owner to take (``take_released``) and drop after its lock.
     """
 
-    __slots__ = ("_ids", "_results", "_stale", "_stale_slots", "_times", "max_results", "ttl")
+    __slots__ = (
+        "_expires",
+        "_ids",
+        "_results",
+        "_stale",
+        "_stale_slots",
+        "_times",
+        "max_results",
+        "released",
+        "ttl",
+    )
 
     def __init__(self, ttl: float, max_results: int) -> None:
         self.ttl = ttl
         self.max_results = max_results
+        # Each stored result and its expiry time, by id.
         self._results: dict[Hashable, TaskResult[Any]] = {}
-        # One slot per add(), oldest first: the id and its expiry time, in two
-        # deques so that storing a result makes no object of its own (this
-        # runs once per task). Invariants:
-        # - times are non-decreasing from front to back;
+        self._expires: dict[Hashable, float] = {}
+        # One slot per add(), oldest first: the id and a time, in two deques
+        # so that storing a result makes no object for the garbage collector
+        # to track (this runs once per task). Invariants:
+        # - times are non-decreasing from front to back, and a live slot's
+        #   time is at least its result's expiry (add() can be given a `now`
+        #   a little older than the last: its callers read the clock before
+        #   taking the lock);
         # - a slot is live when it is the last slot of its id and the id has
         #   a result; any other slot is stale (its result was discarded, or
         #   its id was stored again), and _stale[id] counts the stale slots
         #   of id, which all come before its live slot;
         # - _stale_slots is the sum of _stale; a slot going stale while
-        #   stale slots outnumber results compacts the deques, so they hold
-        #   about twice the results at most however many are discarded.
+        #   stale slots outnumber results compacts the deques, so they never
+        #   hold more than twice the most results held since.
         # Slots go stale rather than being removed, because removing one from
         # the middle of a deque costs as much as the deque is long.
         self._ids: deque[Hashable] = deque()
         self._times: deque[float] = deque()
         self._stale: dict[Hashable, int] = {}
         self._stale_slots = 0
+        # Stale ids and replaced deques, perhaps their last references; a
+        # plain list, so that the owner's check on the hot path is cheap.
+        self.released: list[Any] = []
 
     def __len__(self) -> int:
         return len(self._results)
 
     def __contains__(self, task_id: Hashable) -> bool:
         return task_id in self._results
+
+    def take_released(self) -> list[Any]:
+        """What the store let go of since the last call (stale ids, old deques), for the owner to drop."""
+        released, self.released = self.released, []
+        return released
 
     def add(self, result: TaskResult[Any], now: float) -> list[TaskResult[Any]]:
         """Store ``result``; return the older results the size bound evicted.
@@ -70,9 +98,12 @@ class ResultStore:
             # A reused id (its old result expired but not yet swept): the old
             # slot goes stale and the new one at the back sets its expiry.
             self._go_stale(task_id)
+        expires_at = now + self.ttl
         results[task_id] = result
+        self._expires[task_id] = expires_at
+        times = self._times
         self._ids.append(task_id)
-        self._times.append(now + self.ttl)
+        times.append(expires_at if not times or times[-1] <= expires_at else times[-1])
         if len(results) <= self.max_results:
             return _NONE
         evicted = []
@@ -85,24 +116,15 @@ class ResultStore:
     def get(self, task_id: Hashable, now: float) -> TaskResult[Any] | None:
         """The stored result, or None if absent or past its expiry."""
         result = self._results.get(task_id)
-        times = self._times
-        if result is None or times[0] > now:
-            return result
-        # Some result is due and not swept yet: this one, if its live slot is
-        # among the due ones, that is, if they hold more slots of its id
-        # than it has stale ones.
-        due = 0
-        for slot_id, expires_at in zip(self._ids, times, strict=True):
-            if expires_at > now:
-                break
-            if slot_id is task_id or slot_id == task_id:
-                due += 1
-        return None if due > self._stale.get(task_id, 0) else result
+        if result is None or self._expires[task_id] <= now:
+            return None
+        return result
 
     def discard(self, task_id: Hashable) -> TaskResult[Any] | None:
         """Remove one result and return it, or None if it was not there."""
         result = self._results.pop(task_id, None)
         if result is not None:
+            del self._expires[task_id]
             self._go_stale(task_id)
         return result
 
@@ -121,7 +143,7 @@ class ResultStore:
         return expired
 
     def next_expiry(self) -> float | None:
-        """When the oldest result expires, or None when the store is empty."""
+        """When the oldest result expires (dropping stale slots at the front), or None when the store is empty."""
         ids, stale = self._ids, self._stale
         # Stale slots at the front would only wake the owner early, for nothing.
         while ids and ids[0] in stale:
@@ -130,7 +152,9 @@ class ResultStore:
 
     def clear(self) -> None:
         """Drop every result."""
+        self.released.append(self._ids)
         self._results = {}
+        self._expires = {}
         self._ids = deque()
         self._times = deque()
         self._stale = {}
@@ -142,12 +166,14 @@ class ResultStore:
         self._times.popleft()
         stale = self._stale.get(task_id)
         if not stale:
+            del self._expires[task_id]
             return self._results.pop(task_id)
         if stale == 1:
             del self._stale[task_id]
         else:
             self._stale[task_id] = stale - 1
         self._stale_slots -= 1
+        self.released.append(task_id)  # perhaps its last reference
         return None
 
     def _go_stale(self, task_id: Hashable) -> None:
@@ -174,5 +200,7 @@ class ResultStore:
                 continue
             ids.append(task_id)
             times.append(expires_at)
+        self.released.append(self._ids)  # the last references of the stale ids
         self._ids, self._times = ids, times
+        self._stale = {}  # empty now; a new one gives back the table it grew to
         self._stale_slots = 0

@@ -605,6 +605,29 @@ async def test_finished_task_leaves_every_structure_but_the_store(make_queue):
         q.status(h.task_id)
 
 
+async def test_a_forgotten_task_ids_finalizer_may_call_the_queue(make_queue):
+    # The result store may hold the last reference to a forgotten id; the id
+    # must then be dropped after the queue's lock, or a __del__ that calls
+    # the queue would deadlock on it.
+    q = await make_queue(1)
+    seen: list[int] = []
+
+    class Id:
+        def __hash__(self) -> int:
+            return 7
+
+        def __del__(self) -> None:
+            seen.append(q.stats().results_stored)
+
+    task_id = Id()
+    await (await q.submit(abs, -1, task_id=task_id))
+    for _ in range(3):  # let the loop run the callbacks that still hold the handle
+        await asyncio.sleep(0)
+    assert q.forget(task_id) is True
+    del task_id  # now the store's record of its slot is its last reference
+    assert seen == [0]
+
+
 async def test_results_expire_by_ttl_without_anyone_reading(make_queue):
     clock = FakeClock()
     q = await make_queue(2, result_ttl=20.0, clock=clock)
