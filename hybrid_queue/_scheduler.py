@@ -96,8 +96,11 @@ class Scheduler:
         self._expired = self._evicted = 0
         # Loop thread only: the task whose handler interrupt() is cancelling.
         self._interrupting: Record | None = None
-        # Objects released under the lock, to be dropped after it.
+        # Objects released under the lock, to be dropped after it. The result
+        # store puts what it lets go of (ids it may hold the last reference
+        # to) in the same list.
         self._dropped: list[Any] = []
+        store.released = self._dropped
         # Threads blocked in submit_blocking on a full queue wait here.
         self._room = threading.Condition(self.lock)
         self._thread_putters = 0
@@ -357,8 +360,6 @@ class Scheduler:
             if task_id in self._store:  # an old result of this id, expired but not yet swept
                 self._expired += 1
                 self._dropped.append(self._store.discard(task_id))
-                if self._store.released:
-                    self._dropped.extend(self._store.take_released())
                 if self._listeners:
                     self._emit_locked(EventKind.EXPIRED, task_id, 0, self.clock())
         task._ticket = self._heap.push(task._priority, task)
@@ -600,8 +601,6 @@ class Scheduler:
             kind = _EVENT_OF[status]
             self._emit_locked(kind, task._id, task._attempt, now, duration, error)
         evicted = self._store.add(result, now)
-        if self._store.released:
-            self._dropped.extend(self._store.take_released())
         if evicted:
             self._evicted += len(evicted)
             self._dropped.extend(evicted)
@@ -618,7 +617,8 @@ class Scheduler:
         # that calls back into the queue must not find the lock held.
         if not self._dropped:
             return None
-        dropped, self._dropped = self._dropped, []
+        dropped = self._dropped
+        self._dropped = self._store.released = []
         return dropped
 
     def deliver(self, task: Record, result: TaskResult[Any], on_loop: bool = False) -> None:
@@ -827,7 +827,7 @@ class Scheduler:
                     self._emit_locked(EventKind.EXPIRED, old.task_id, 0, now)
             due = self._store.next_expiry()
             # Dropped after the lock (see _take_dropped_locked).
-            dropped = (expired, self._store.take_released() if self._store.released else None)
+            dropped = (expired, self._take_dropped_locked())
             if due is None or not self._started:
                 self._expiry_armed = False
                 self._expiry_timer = None
@@ -877,7 +877,7 @@ class Scheduler:
         """Drop a stored result; False if there was none."""
         with self.lock:
             dropped = self._store.discard(task_id)
-            released = self._store.take_released() if self._store.released else None
+            released = self._take_dropped_locked()
         del released
         return dropped is not None  # its last reference goes here, after the lock
 

@@ -28,8 +28,8 @@ class ResultStore:
 
     What the store lets go of may run user code (a result's or an id's
     ``__del__``): results come back from the calls that drop them, and what
-    may hold the last reference to an id collects in ``released``, for the
-    owner to take (``take_released``) and drop after its lock.
+    may hold the last reference to an id is appended to ``released``, a list
+    the owner may replace with its own, to drop after its lock.
     """
 
     __slots__ = (
@@ -70,8 +70,7 @@ class ResultStore:
         self._times: deque[float] = deque()
         self._stale: dict[Hashable, int] = {}
         self._stale_slots = 0
-        # Stale ids and replaced deques, perhaps their last references; a
-        # plain list, so that the owner's check on the hot path is cheap.
+        # Stale ids and replaced deques, perhaps their last references.
         self.released: list[Any] = []
 
     def __len__(self) -> int:
@@ -79,11 +78,6 @@ class ResultStore:
 
     def __contains__(self, task_id: Hashable) -> bool:
         return task_id in self._results
-
-    def take_released(self) -> list[Any]:
-        """What the store let go of since the last call (stale ids, old deques), for the owner to drop."""
-        released, self.released = self.released, []
-        return released
 
     def add(self, result: TaskResult[Any], now: float) -> list[TaskResult[Any]]:
         """Store ``result``; return the older results the size bound evicted.
