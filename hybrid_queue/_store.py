@@ -158,17 +158,21 @@ class ResultStore:
         # Remove the oldest slot: its result if the slot was live, else None.
         task_id = self._ids.popleft()
         self._times.popleft()
-        stale = self._stale.get(task_id)
-        if not stale:
+        if task_id not in self._stale:
             del self._expires[task_id]
             return self._results.pop(task_id)
-        if stale == 1:
-            del self._stale[task_id]
-        else:
-            self._stale[task_id] = stale - 1
+        self._one_stale_gone(task_id)
         self._stale_slots -= 1
         self.released.append(task_id)  # perhaps its last reference
         return None
+
+    def _one_stale_gone(self, task_id: Hashable) -> None:
+        # One of task_id's stale slots (the oldest) is being dropped.
+        count = self._stale[task_id]
+        if count == 1:
+            del self._stale[task_id]
+        else:
+            self._stale[task_id] = count - 1
 
     def _go_stale(self, task_id: Hashable) -> None:
         # The last slot of task_id no longer holds a result.
@@ -185,12 +189,8 @@ class ResultStore:
         ids: deque[Hashable] = deque()
         times: deque[float] = deque()
         for task_id, expires_at in zip(self._ids, self._times, strict=True):
-            count = stale.get(task_id)
-            if count:
-                if count == 1:
-                    del stale[task_id]
-                else:
-                    stale[task_id] = count - 1
+            if task_id in stale:
+                self._one_stale_gone(task_id)
                 continue
             ids.append(task_id)
             times.append(expires_at)
