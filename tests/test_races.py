@@ -11,6 +11,7 @@ import pytest
 from conftest import wait_until
 
 from hybrid_queue import HybridQueue, QueueShutDown, RetryPolicy, TaskStatus
+from hybrid_queue import _scheduler as scheduler_module
 
 
 def assert_identity(q: HybridQueue) -> None:
@@ -182,3 +183,88 @@ async def test_class_with_async_call_is_a_sync_handler(make_queue):
     instance = await (await q.submit(AsyncCallable))
     assert isinstance(instance, AsyncCallable)
     assert await (await q.submit(instance)) == 1  # an instance with async __call__ is a coroutine handler
+
+
+class _YieldingTime:
+    """Stands in for the scheduler module's ``time``: counts the GIL yields, runs ``at_yield(n)`` at each."""
+
+    def __init__(self, at_yield):
+        self.yields = 0
+        self._at_yield = at_yield
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds == 0
+        self.yields += 1
+        self._at_yield(self.yields)
+
+
+def test_thread_finding_the_scheduler_lock_held_yields_until_free_instead_of_blocking(monkeypatch):
+    # Blocking on the lock made busy threads trade it through the kernel at
+    # every acquisition (a convoy); a contender now yields the GIL instead.
+    lock = threading.Lock()
+    lock.acquire()  # the holder
+
+    def holder_releases_at_third_yield(n: int) -> None:
+        if n == 3:
+            lock.release()
+
+    fake = _YieldingTime(holder_releases_at_third_yield)
+    monkeypatch.setattr(scheduler_module, "time", fake)
+    scheduler_module._acquire_contended(lock)
+    assert fake.yields == 3
+    assert lock.locked()  # and it is the contender's now
+    lock.release()
+
+
+def test_thread_finding_the_scheduler_lock_held_for_long_blocks_after_its_yields(monkeypatch):
+    monkeypatch.setattr(scheduler_module, "_YIELDS", 2)
+    lock = threading.Lock()
+    lock.acquire()
+    yielded_all = threading.Event()
+
+    def note(n: int) -> None:
+        if n == 2:
+            yielded_all.set()
+
+    fake = _YieldingTime(note)
+    monkeypatch.setattr(scheduler_module, "time", fake)
+
+    def holder() -> None:
+        # A holder that is not waiting for the GIL (descheduled, say): it
+        # releases only after the contender gave up yielding.
+        yielded_all.wait(10)
+        lock.release()
+
+    releaser = threading.Thread(target=holder)
+    releaser.start()
+    scheduler_module._acquire_contended(lock)  # blocks until holder() releases
+    releaser.join(10)
+    assert fake.yields == 2
+    assert lock.locked()
+    lock.release()
+
+
+def test_submit_blocking_that_finds_the_scheduler_lock_held_yields_instead_of_blocking(monkeypatch):
+    q = HybridQueue(1)
+    q.start_background()
+    lock = q._sched.lock
+    lock.acquire()  # as if another thread were in the middle of a change
+    released = []
+
+    def holder_releases(n: int) -> None:
+        if n == 1:
+            released.append(True)
+            lock.release()
+
+    fake = _YieldingTime(holder_releases)
+    monkeypatch.setattr(scheduler_module, "time", fake)
+    try:
+        # Blocking on the held lock here would never return (pytest-timeout
+        # fails the test; the finally clause then lets the queue shut down).
+        future = q.submit_blocking(abs, -1)
+        assert fake.yields >= 1
+        assert future.result(timeout=10) == 1
+    finally:
+        if not released:
+            lock.release()
+        q.shutdown_blocking()
