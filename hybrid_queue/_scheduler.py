@@ -44,7 +44,7 @@ _new_tuple = tuple.__new__
 _CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _NOTHING: Claimed = []
 # How often a thread that finds the lock held yields the GIL before it
-# blocks on the lock (see _acquire_contended).
+# blocks on the lock (see _wait_for_release).
 _YIELDS = 100
 _EVENT_OF = {COMPLETED: EventKind.COMPLETED, FAILED: EventKind.FAILED, CANCELLED: EventKind.CANCELLED}
 
@@ -85,9 +85,9 @@ class Scheduler:
         #   from the claim of a task until its holder reports back through
         #   finish(), even if the task was cancelled or timed out meanwhile;
         # - a terminal task is in no structure but the result store.
-        # add() and finish(), taken once per task from the loop and from pool
-        # or submitting threads alike, acquire it through _acquire_contended
-        # when it is held; elsewhere a plain ``with self.lock``.
+        # add() and finish(), which take it once per task from the loop and
+        # from pool or submitting threads alike, wait for a held lock through
+        # _wait_for_release before ``with self.lock``; elsewhere only the latter.
         self.lock = threading.Lock()
         self._heap: PriorityHeap[Record] = PriorityHeap()
         self._live: dict[Hashable, Record] = {}
@@ -271,9 +271,9 @@ class Scheduler:
         """
         refused = ""
         lock = self.lock
-        if not lock.acquire(False):
-            _acquire_contended(lock)
-        try:
+        if lock.locked():
+            _wait_for_release(lock)
+        with lock:
             while True:
                 if not self._accepting or (self.loop is not None and self.loop.is_closed()):
                     refused = "closed"
@@ -298,8 +298,6 @@ class Scheduler:
                 self._accept_locked(task, loop)
                 claimed = self._claim_locked() if self._free and self._started else _NOTHING
             dropped = self._take_dropped_locked() if self._dropped else None
-        finally:
-            lock.release()
         del dropped
         if refused:  # raised after the lock: a message's repr() is user code
             raise self._refusal(refused, task._id)
@@ -478,9 +476,9 @@ class Scheduler:
         timer = None
         wake = more = False
         lock = self.lock
-        if not lock.acquire(False):
-            _acquire_contended(lock)
-        try:
+        if lock.locked():
+            _wait_for_release(lock)
+        with lock:
             if task._attempt == attempt and task._status is RUNNING:
                 self._running -= 1
                 timer, task._timer = task._timer, None
@@ -504,8 +502,6 @@ class Scheduler:
                 more = self._started and bool(self._heap)
                 wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
             dropped = self._take_dropped_locked() if self._dropped else None
-        finally:
-            lock.release()
         del dropped  # after the lock: see _take_dropped_locked
         if timer is not None:
             self.on_loop(timer.cancel)
@@ -931,23 +927,24 @@ class Scheduler:
             )
 
 
-def _acquire_contended(lock: threading.Lock) -> None:
-    # Called when lock.acquire(False) failed. The holder never blocks while
-    # it holds the lock: it runs Python, or waits for the GIL. A thread that
-    # blocked on the lock instead would be woken by the holder's release,
-    # take the lock on the other core before the holder comes back for it,
-    # and then wait for the GIL, which the holder keeps until its own next
-    # acquisition fails and blocks in turn. From then on two busy threads
-    # (the loop submitting, a pool thread finishing) trade the lock through
-    # the kernel at every acquisition: 6 to 7 us of system time per task in
-    # the sync benchmark, against under 1 us without. Yielding the GIL
-    # lets the holder finish and release instead. Past _YIELDS tries (the
-    # holder is descheduled, or there is no GIL to wait for), block.
+def _wait_for_release(lock: threading.Lock) -> None:
+    # Called when the lock is held. Its holder never blocks while it holds
+    # it: it runs Python, or waits for the GIL. A thread that blocked on the
+    # lock would be woken by the holder's release, take the lock on the
+    # other core before the holder comes back for it, and then wait for the
+    # GIL, which the holder keeps until its own next acquisition blocks in
+    # turn. From then on two busy threads (the loop submitting, a pool
+    # thread finishing) trade the lock through the kernel at every
+    # acquisition: 6 to 7 us of system time per task in the sync benchmark,
+    # against under 1 us without. Yielding the GIL lets the holder finish
+    # and release instead. The caller then takes the lock with ``with``, so
+    # that no exception (KeyboardInterrupt, say) can come between taking it
+    # and the block that releases it. Past _YIELDS tries (the holder is
+    # descheduled, or there is no GIL to wait for), the caller blocks.
     for _ in range(_YIELDS):
         time.sleep(0)  # releases the GIL, even for no time
-        if lock.acquire(False):
+        if not lock.locked():
             return
-    lock.acquire()
 
 
 def _log_retry(task: Record, error: BaseException | None, delay: float) -> None:

@@ -198,9 +198,10 @@ class _YieldingTime:
         self._at_yield(self.yields)
 
 
-def test_thread_finding_the_scheduler_lock_held_yields_until_free_instead_of_blocking(monkeypatch):
+def test_thread_finding_the_scheduler_lock_held_yields_until_it_is_free_instead_of_blocking(monkeypatch):
     # Blocking on the lock made busy threads trade it through the kernel at
-    # every acquisition (a convoy); a contender now yields the GIL instead.
+    # every acquisition (a convoy); a thread that finds it held now yields
+    # the GIL until the holder releases it, and only then takes it.
     lock = threading.Lock()
     lock.acquire()  # the holder
 
@@ -210,35 +211,20 @@ def test_thread_finding_the_scheduler_lock_held_yields_until_free_instead_of_blo
 
     fake = _YieldingTime(holder_releases_at_third_yield)
     monkeypatch.setattr(scheduler_module, "time", fake)
-    scheduler_module._acquire_contended(lock)
+    scheduler_module._wait_for_release(lock)
     assert fake.yields == 3
-    assert lock.locked()  # and it is the contender's now
-    lock.release()
+    assert not lock.locked()  # taken by the caller's ``with``, not here
 
 
-def test_thread_finding_the_scheduler_lock_held_for_long_blocks_after_its_yields(monkeypatch):
+def test_thread_finding_the_scheduler_lock_held_for_long_stops_yielding(monkeypatch):
+    # A holder that does not wait for the GIL (descheduled, say, or on a
+    # build without one): after _YIELDS tries the caller blocks on the lock.
     monkeypatch.setattr(scheduler_module, "_YIELDS", 2)
     lock = threading.Lock()
     lock.acquire()
-    yielded_all = threading.Event()
-
-    def note(n: int) -> None:
-        if n == 2:
-            yielded_all.set()
-
-    fake = _YieldingTime(note)
+    fake = _YieldingTime(lambda n: None)
     monkeypatch.setattr(scheduler_module, "time", fake)
-
-    def holder() -> None:
-        # A holder that is not waiting for the GIL (descheduled, say): it
-        # releases only after the contender gave up yielding.
-        yielded_all.wait(10)
-        lock.release()
-
-    releaser = threading.Thread(target=holder)
-    releaser.start()
-    scheduler_module._acquire_contended(lock)  # blocks until holder() releases
-    releaser.join(10)
+    scheduler_module._wait_for_release(lock)
     assert fake.yields == 2
     assert lock.locked()
     lock.release()
