@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -43,9 +44,11 @@ Claimed = list[tuple[Record, int]]
 _new_tuple = tuple.__new__
 _CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _NOTHING: Claimed = []
-# How often a thread that finds the lock held yields the GIL before it
-# blocks on the lock (see _wait_for_release).
-_YIELDS = 100
+# How often a thread that finds the scheduler lock held yields the GIL
+# before it blocks on the lock (see _acquire_yielding); none on a build that
+# runs without a GIL, where yielding does not let the holder run.
+_YIELDS = 100 if getattr(sys, "_is_gil_enabled", lambda: True)() else 0
+_MAIN_THREAD = threading.main_thread().ident
 _EVENT_OF = {COMPLETED: EventKind.COMPLETED, FAILED: EventKind.FAILED, CANCELLED: EventKind.CANCELLED}
 
 
@@ -86,9 +89,10 @@ class Scheduler:
         #   finish(), even if the task was cancelled or timed out meanwhile;
         # - a terminal task is in no structure but the result store.
         # add() and finish(), which take it once per task from the loop and
-        # from pool or submitting threads alike, wait for a held lock through
-        # _wait_for_release before ``with self.lock``; elsewhere only the latter.
+        # from pool or submitting threads alike, go through _take_yielding
+        # when they find it held; everywhere else a plain ``with self.lock``.
         self.lock = threading.Lock()
+        self._held = _Held(self.lock)
         self._heap: PriorityHeap[Record] = PriorityHeap()
         self._live: dict[Hashable, Record] = {}
         self._store = store
@@ -127,6 +131,23 @@ class Scheduler:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
         self._bridge: LoopBridge | None = None
+
+    def _take_yielding(self) -> threading.Lock | _Held:
+        # The caller found the lock held; what it returns is for the
+        # caller's ``with``. See _acquire_yielding for why yield.
+        lock = self.lock
+        if threading.get_ident() != _MAIN_THREAD:
+            _acquire_yielding(lock)
+            return self._held  # taken: the ``with`` only releases it
+        # The main thread runs the signal handlers: a KeyboardInterrupt
+        # raised between a hand-made acquire and the ``with`` would leave the
+        # lock held for good, and ``with lock`` leaves no such gap. So it
+        # only waits for the lock to be free, and the ``with`` takes it.
+        for _ in range(_YIELDS):
+            time.sleep(0)  # releases the GIL, even for no time
+            if not lock.locked():
+                break
+        return lock
 
     # ------------------------------------------------------------------ loop
 
@@ -270,9 +291,9 @@ class Scheduler:
         queue binds to it if it has no loop yet.
         """
         refused = ""
-        lock = self.lock
-        if lock.locked():
-            _wait_for_release(lock)
+        lock: threading.Lock | _Held = self.lock
+        if self.lock.locked():
+            lock = self._take_yielding()
         with lock:
             while True:
                 if not self._accepting or (self.loop is not None and self.loop.is_closed()):
@@ -475,9 +496,9 @@ class Scheduler:
         delay = -1.0
         timer = None
         wake = more = False
-        lock = self.lock
-        if lock.locked():
-            _wait_for_release(lock)
+        lock: threading.Lock | _Held = self.lock
+        if self.lock.locked():
+            lock = self._take_yielding()
         with lock:
             if task._attempt == attempt and task._status is RUNNING:
                 self._running -= 1
@@ -927,24 +948,38 @@ class Scheduler:
             )
 
 
-def _wait_for_release(lock: threading.Lock) -> None:
-    # Called when the lock is held. Its holder never blocks while it holds
-    # it: it runs Python, or waits for the GIL. A thread that blocked on the
-    # lock would be woken by the holder's release, take the lock on the
-    # other core before the holder comes back for it, and then wait for the
-    # GIL, which the holder keeps until its own next acquisition blocks in
-    # turn. From then on two busy threads (the loop submitting, a pool
-    # thread finishing) trade the lock through the kernel at every
-    # acquisition: 6 to 7 us of system time per task in the sync benchmark,
-    # against under 1 us without. Yielding the GIL lets the holder finish
-    # and release instead. The caller then takes the lock with ``with``, so
-    # that no exception (KeyboardInterrupt, say) can come between taking it
-    # and the block that releases it. Past _YIELDS tries (the holder is
-    # descheduled, or there is no GIL to wait for), the caller blocks.
+def _acquire_yielding(lock: threading.Lock) -> None:
+    # The holder never blocks while it holds the lock: it runs Python, or
+    # waits for the GIL. A thread that blocked on the lock would be woken by
+    # the holder's release, take the lock on the other core before the
+    # holder comes back for it, and then wait for the GIL, which the holder
+    # keeps until its own next acquisition blocks in turn. From then on two
+    # busy threads (the loop submitting, a pool thread finishing) trade the
+    # lock through the kernel at every acquisition: 6 to 10 us of system
+    # time per task in the sync benchmarks, against about 1 us without. So
+    # the thread yields the GIL until it can take the lock without blocking.
+    # Past _YIELDS tries (the holder is descheduled, or there is no GIL to
+    # wait for), it blocks.
     for _ in range(_YIELDS):
         time.sleep(0)  # releases the GIL, even for no time
-        if not lock.locked():
+        if lock.acquire(False):
             return
+    lock.acquire()
+
+
+class _Held:
+    """The context of a lock its thread already holds: ``with`` releases it, and takes nothing."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
 
 
 def _log_retry(task: Record, error: BaseException | None, delay: float) -> None:

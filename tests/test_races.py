@@ -186,22 +186,26 @@ async def test_class_with_async_call_is_a_sync_handler(make_queue):
 
 
 class _YieldingTime:
-    """Stands in for the scheduler module's ``time``: counts the GIL yields, runs ``at_yield(n)`` at each."""
+    """Stands in for the scheduler module's ``time``: records the GIL yields, runs ``at_yield(n)`` at each."""
 
     def __init__(self, at_yield):
-        self.yields = 0
+        self.yielders: list[int] = []  # the thread of each yield
         self._at_yield = at_yield
+
+    @property
+    def yields(self) -> int:
+        return len(self.yielders)
 
     def sleep(self, seconds: float) -> None:
         assert seconds == 0
-        self.yields += 1
+        self.yielders.append(threading.get_ident())
         self._at_yield(self.yields)
 
 
-def test_thread_finding_the_scheduler_lock_held_yields_until_it_is_free_instead_of_blocking(monkeypatch):
+def test_thread_finding_the_scheduler_lock_held_yields_until_it_can_take_it_instead_of_blocking(monkeypatch):
     # Blocking on the lock made busy threads trade it through the kernel at
     # every acquisition (a convoy); a thread that finds it held now yields
-    # the GIL until the holder releases it, and only then takes it.
+    # the GIL until the holder has released it.
     lock = threading.Lock()
     lock.acquire()  # the holder
 
@@ -211,46 +215,112 @@ def test_thread_finding_the_scheduler_lock_held_yields_until_it_is_free_instead_
 
     fake = _YieldingTime(holder_releases_at_third_yield)
     monkeypatch.setattr(scheduler_module, "time", fake)
-    scheduler_module._wait_for_release(lock)
+    scheduler_module._acquire_yielding(lock)
     assert fake.yields == 3
-    assert not lock.locked()  # taken by the caller's ``with``, not here
+    assert lock.locked()  # the caller's now
+    lock.release()
 
 
-def test_thread_finding_the_scheduler_lock_held_for_long_stops_yielding(monkeypatch):
-    # A holder that does not wait for the GIL (descheduled, say, or on a
-    # build without one): after _YIELDS tries the caller blocks on the lock.
+def test_thread_finding_the_scheduler_lock_held_for_long_blocks_after_its_yields(monkeypatch):
+    # A holder that does not wait for the GIL (descheduled, say): after
+    # _YIELDS tries the thread blocks on the lock.
     monkeypatch.setattr(scheduler_module, "_YIELDS", 2)
     lock = threading.Lock()
     lock.acquire()
-    fake = _YieldingTime(lambda n: None)
+    yielded_all = threading.Event()
+    fake = _YieldingTime(lambda n: yielded_all.set() if n == 2 else None)
     monkeypatch.setattr(scheduler_module, "time", fake)
-    scheduler_module._wait_for_release(lock)
+
+    def holder() -> None:
+        yielded_all.wait(10)
+        lock.release()
+
+    releaser = threading.Thread(target=holder)
+    releaser.start()
+    scheduler_module._acquire_yielding(lock)  # blocks until holder() releases
+    releaser.join(10)
     assert fake.yields == 2
     assert lock.locked()
     lock.release()
+
+
+def test_main_thread_finding_the_scheduler_lock_held_waits_for_it_and_leaves_the_taking_to_with(monkeypatch):
+    # The main thread runs signal handlers: taking the lock by hand, it could
+    # be interrupted before the block that releases it. It only waits.
+    assert threading.current_thread() is threading.main_thread()
+    sched = HybridQueue(1)._sched
+    lock = sched.lock
+    lock.acquire()
+    fake = _YieldingTime(lambda n: lock.release() if n == 2 else None)
+    monkeypatch.setattr(scheduler_module, "time", fake)
+    guard = sched._take_yielding()
+    assert guard is lock  # for the caller's ``with lock``
+    assert not lock.locked()
+    assert fake.yields == 2
+
+
+def _release_at_first_yield(lock: threading.Lock) -> tuple[_YieldingTime, list[bool]]:
+    released: list[bool] = []
+
+    def at_yield(n: int) -> None:
+        if n == 1:
+            released.append(True)
+            lock.release()
+
+    return _YieldingTime(at_yield), released
 
 
 def test_submit_blocking_that_finds_the_scheduler_lock_held_yields_instead_of_blocking(monkeypatch):
     q = HybridQueue(1)
     q.start_background()
     lock = q._sched.lock
+    fake, released = _release_at_first_yield(lock)
     lock.acquire()  # as if another thread were in the middle of a change
-    released = []
-
-    def holder_releases(n: int) -> None:
-        if n == 1:
-            released.append(True)
-            lock.release()
-
-    fake = _YieldingTime(holder_releases)
     monkeypatch.setattr(scheduler_module, "time", fake)
+    futures: list[concurrent.futures.Future[int]] = []
+    submitter = threading.Thread(target=lambda: futures.append(q.submit_blocking(abs, -1)))
     try:
-        # Blocking on the held lock here would never return (pytest-timeout
-        # fails the test; the finally clause then lets the queue shut down).
-        future = q.submit_blocking(abs, -1)
-        assert fake.yields >= 1
-        assert future.result(timeout=10) == 1
+        submitter.start()
+        # Blocked on the held lock, it would never get past add().
+        submitter.join(10)
+        assert not submitter.is_alive()
+        assert fake.yielders[0] == submitter.ident
+        assert futures[0].result(timeout=10) == 1
     finally:
         if not released:
             lock.release()
+        submitter.join(10)
+        q.shutdown_blocking()
+
+
+def test_pool_thread_finishing_a_task_while_the_scheduler_lock_is_held_yields_instead_of_blocking(monkeypatch):
+    q = HybridQueue(1)
+    q.start_background()
+    lock = q._sched.lock
+    fake, released = _release_at_first_yield(lock)
+    entered, go = threading.Event(), threading.Event()
+    pool_thread: list[int] = []
+
+    def handler() -> str:
+        pool_thread.append(threading.get_ident())
+        entered.set()
+        go.wait(10)
+        return "done"
+
+    held = False
+    try:
+        future = q.submit_blocking(handler)
+        assert entered.wait(10)
+        lock.acquire()  # held while the handler returns and its thread reports
+        held = True
+        monkeypatch.setattr(scheduler_module, "time", fake)
+        go.set()
+        # Blocked on the held lock, the pool thread would never settle the future.
+        assert future.result(timeout=10) == "done"
+        assert fake.yielders[0] == pool_thread[0]
+    finally:
+        go.set()
+        if held and not released:
+            lock.release()
+        monkeypatch.undo()
         q.shutdown_blocking()
