@@ -89,8 +89,8 @@ class Scheduler:
         #   finish(), even if the task was cancelled or timed out meanwhile;
         # - a terminal task is in no structure but the result store.
         # add() and finish(), which take it once per task from the loop and
-        # from pool or submitting threads alike, go through _take_yielding
-        # when they find it held; everywhere else a plain ``with self.lock``.
+        # from pool or submitting threads alike, take it through _guard();
+        # everywhere else a plain ``with self.lock``.
         self.lock = threading.Lock()
         self._held = _Held(self.lock)
         self._heap: PriorityHeap[Record] = PriorityHeap()
@@ -132,21 +132,24 @@ class Scheduler:
         self.loop_thread: int | None = None
         self._bridge: LoopBridge | None = None
 
-    def _take_yielding(self) -> threading.Lock | _Held:
-        # The caller found the lock held; what it returns is for the
-        # caller's ``with``. See _acquire_yielding for why yield.
+    def _guard(self) -> threading.Lock | _Held:
+        # What add() and finish() take the lock with, in a ``with``; see
+        # _acquire_yielding for why a thread yields the GIL rather than
+        # block on the lock.
         lock = self.lock
         if threading.get_ident() != _MAIN_THREAD:
-            _acquire_yielding(lock)
+            if not lock.acquire(False):
+                _acquire_yielding(lock)
             return self._held  # taken: the ``with`` only releases it
         # The main thread runs the signal handlers: a KeyboardInterrupt
         # raised between a hand-made acquire and the ``with`` would leave the
         # lock held for good, and ``with lock`` leaves no such gap. So it
         # only waits for the lock to be free, and the ``with`` takes it.
-        for _ in range(_YIELDS):
-            time.sleep(0)  # releases the GIL, even for no time
-            if not lock.locked():
-                break
+        if lock.locked():
+            for _ in range(_YIELDS):
+                time.sleep(0)  # releases the GIL, even for no time
+                if not lock.locked():
+                    break
         return lock
 
     # ------------------------------------------------------------------ loop
@@ -291,10 +294,7 @@ class Scheduler:
         queue binds to it if it has no loop yet.
         """
         refused = ""
-        lock: threading.Lock | _Held = self.lock
-        if self.lock.locked():
-            lock = self._take_yielding()
-        with lock:
+        with self._guard():
             while True:
                 if not self._accepting or (self.loop is not None and self.loop.is_closed()):
                     refused = "closed"
@@ -496,10 +496,7 @@ class Scheduler:
         delay = -1.0
         timer = None
         wake = more = False
-        lock: threading.Lock | _Held = self.lock
-        if self.lock.locked():
-            lock = self._take_yielding()
-        with lock:
+        with self._guard():
             if task._attempt == attempt and task._status is RUNNING:
                 self._running -= 1
                 timer, task._timer = task._timer, None

@@ -253,7 +253,7 @@ def test_main_thread_finding_the_scheduler_lock_held_waits_for_it_and_leaves_the
     lock.acquire()
     fake = _YieldingTime(lambda n: lock.release() if n == 2 else None)
     monkeypatch.setattr(scheduler_module, "time", fake)
-    guard = sched._take_yielding()
+    guard = sched._guard()
     assert guard is lock  # for the caller's ``with lock``
     assert not lock.locked()
     assert fake.yields == 2
