@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import sys
 import threading
 import time
@@ -48,8 +49,22 @@ _NOTHING: Claimed = []
 # before it blocks on the lock (see _acquire_yielding); none on a build that
 # runs without a GIL, where yielding does not let the holder run.
 _YIELDS = 100 if getattr(sys, "_is_gil_enabled", lambda: True)() else 0
-_MAIN_THREAD = threading.main_thread().ident
 _EVENT_OF = {COMPLETED: EventKind.COMPLETED, FAILED: EventKind.FAILED, CANCELLED: EventKind.CANCELLED}
+
+
+# The thread that runs signal handlers, which takes the lock only with
+# ``with`` (see Scheduler._guard).
+_MAIN_THREAD = threading.main_thread().ident
+
+
+def _note_main_thread() -> None:
+    # In a child forked from another thread, that thread is the main one.
+    global _MAIN_THREAD
+    _MAIN_THREAD = threading.main_thread().ident
+
+
+if hasattr(os, "register_at_fork"):  # runs after threading's own hook, which names the new main thread
+    os.register_at_fork(after_in_child=_note_main_thread)
 
 
 class Scheduler:

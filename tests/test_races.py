@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 
 import pytest
@@ -324,3 +325,23 @@ def test_pool_thread_finishing_a_task_while_the_scheduler_lock_is_held_yields_in
             lock.release()
         monkeypatch.undo()
         q.shutdown_blocking()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_from_another_thread_knows_its_main_thread():
+    # That thread is the child's main thread, and runs its signal handlers:
+    # it must take the scheduler lock the main thread's way.
+    def fork_and_report(result: list[int]) -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: one thread, this one
+            ok = scheduler_module._MAIN_THREAD == threading.main_thread().ident == threading.get_ident()
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        result.append(os.waitstatus_to_exitcode(status))
+
+    result: list[int] = []
+    forker = threading.Thread(target=fork_and_report, args=(result,))
+    forker.start()
+    forker.join(30)
+    assert result == [0]
+    assert scheduler_module._MAIN_THREAD == threading.main_thread().ident  # the parent's is unchanged
