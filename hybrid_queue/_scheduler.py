@@ -45,13 +45,13 @@ Claimed = list[tuple[Record, int]]
 _new_tuple = tuple.__new__
 _CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _NOTHING: Claimed = []
-# How often a thread that finds the scheduler lock held yields the GIL
-# before it blocks on the lock (see _acquire_yielding); none on a build that
-# runs without a GIL, where yielding does not let the holder run.
-_YIELDS = 100 if getattr(sys, "_is_gil_enabled", lambda: True)() else 0
 _EVENT_OF = {COMPLETED: EventKind.COMPLETED, FAILED: EventKind.FAILED, CANCELLED: EventKind.CANCELLED}
 
 
+# How often a thread that finds the scheduler lock held yields the GIL
+# before it stops waiting that way (see _yield_until); none on a build that
+# runs without a GIL, where yielding does not let the holder run.
+_YIELDS = 100 if getattr(sys, "_is_gil_enabled", lambda: True)() else 0
 # The thread that runs signal handlers, which takes the lock only with
 # ``with`` (see Scheduler._guard).
 _MAIN_THREAD = threading.main_thread().ident
@@ -149,8 +149,8 @@ class Scheduler:
 
     def _guard(self) -> threading.Lock | _Held:
         # What add() and finish() take the lock with, in a ``with``; see
-        # _acquire_yielding for why a thread yields the GIL rather than
-        # block on the lock.
+        # _yield_until for why a thread yields the GIL rather than block on
+        # the lock.
         lock = self.lock
         if threading.get_ident() != _MAIN_THREAD:
             if not lock.acquire(False):
@@ -161,10 +161,7 @@ class Scheduler:
         # lock held for good, and ``with lock`` leaves no such gap. So it
         # only waits for the lock to be free, and the ``with`` takes it.
         if lock.locked():
-            for _ in range(_YIELDS):
-                time.sleep(0)  # releases the GIL, even for no time
-                if not lock.locked():
-                    break
+            _yield_until(lambda: not lock.locked())
         return lock
 
     # ------------------------------------------------------------------ loop
@@ -960,23 +957,31 @@ class Scheduler:
             )
 
 
-def _acquire_yielding(lock: threading.Lock) -> None:
-    # The holder never blocks while it holds the lock: it runs Python, or
-    # waits for the GIL. A thread that blocked on the lock would be woken by
-    # the holder's release, take the lock on the other core before the
-    # holder comes back for it, and then wait for the GIL, which the holder
-    # keeps until its own next acquisition blocks in turn. From then on two
-    # busy threads (the loop submitting, a pool thread finishing) trade the
-    # lock through the kernel at every acquisition: 6 to 10 us of system
-    # time per task in the sync benchmarks, against about 1 us without. So
-    # the thread yields the GIL until it can take the lock without blocking.
-    # Past _YIELDS tries (the holder is descheduled, or there is no GIL to
-    # wait for), it blocks.
+def _yield_until(ready: Callable[[], bool]) -> bool:
+    # Yields the GIL until ready() (the lock taken, or free); False when it
+    # gave up after _YIELDS tries (the holder is descheduled, or there is no
+    # GIL to wait for), and the caller blocks instead.
+    #
+    # Why not block on the lock at once: its holder never blocks while it
+    # holds it, it runs Python or waits for the GIL. A thread that blocked
+    # on the lock would be woken by the holder's release, take the lock on
+    # the other core before the holder comes back for it, and then wait for
+    # the GIL, which the holder keeps until its own next acquisition blocks
+    # in turn. From then on two busy threads (the loop submitting, a pool
+    # thread finishing) trade the lock through the kernel at every
+    # acquisition: 6 to 10 us of system time per task in the sync
+    # benchmarks, against about 1 us without.
     for _ in range(_YIELDS):
         time.sleep(0)  # releases the GIL, even for no time
-        if lock.acquire(False):
-            return
-    lock.acquire()
+        if ready():
+            return True
+    return False
+
+
+def _acquire_yielding(lock: threading.Lock) -> None:
+    # Take the held lock without blocking on it while yielding can work.
+    if not _yield_until(lambda: lock.acquire(False)):
+        lock.acquire()
 
 
 class _Held:
