@@ -91,6 +91,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         soak_tasks=big,
         soak_chunk=soak_chunk,
         result_ttl=0.2 if quick else 1.0,
+        soak_repeats=1 if quick else 3,
         probes=20 if quick else 200,
         backlog=1_000 if quick else 10_000,
         worker_counts=(8, 100, 1_000, 10_000),
@@ -157,7 +158,10 @@ def _sizes(settings: Settings) -> str:
     if "footprint" in s.groups:
         parts.append(f"footprint at depth {s.footprint_depth:,}")
     if "soak" in s.groups:
-        parts.append(f"soak of {s.soak_tasks:,} tasks (chunks of {s.soak_chunk:,}, result_ttl {s.result_ttl} s)")
+        parts.append(
+            f"soak of {s.soak_tasks:,} tasks (chunks of {s.soak_chunk:,}, result_ttl {s.result_ttl} s), "
+            f"then {s.soak_repeats} more for RSS"
+        )
     if "scale_out" in s.groups:
         sizes = _scale_out.QUICK if s.quick else _scale_out.FULL
         parts.append(

@@ -64,6 +64,7 @@ class Settings:
     soak_tasks: int
     soak_chunk: int  # tasks submitted, then awaited, between two memory samples
     result_ttl: float  # result_ttl of the soak's queue, seconds
+    soak_repeats: int  # further soaks after the first, in the RSS pass only
     probes: int  # latency probes per contender and loop, over all rounds
     backlog: int  # priority-0 tasks waiting while the latency probes run
     worker_counts: tuple[int, ...]

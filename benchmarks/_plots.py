@@ -117,12 +117,18 @@ def _soak(results: dict[str, Any], out: Path) -> list[Path]:
     soak = results.get("soak")
     if not soak:
         return []
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    # Not sharing x: the RSS pass runs more soaks than the tracemalloc pass.
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7))
     rss = soak["rss_pass"]
     top.plot([s[0] for s in rss["samples"]], [s[1] / MIB for s in rss["samples"]], label="RSS during the run")
-    top.axhline(rss["after_rss"] / MIB, color="green", linestyle="--", label="RSS after the TTL")
+    # The RSS pass runs several soaks of soak["tasks"] each: mark where each
+    # ended and what stayed once its TTL passed.
+    ends = [(i + 1) * soak["tasks"] for i in range(len(rss["soaks_rss_delta"]))]
+    settled = [(rss["baseline_rss"] + d) / MIB for d in rss["soaks_rss_delta"]]
+    top.plot(ends, settled, "o", color="green", label="RSS after each soak's TTL (first: the target's)")
     top.axhline(rss["baseline_rss"] / MIB, color="grey", linestyle=":", label="baseline")
     top.set_ylabel("RSS, MiB")
+    top.set_xlabel("tasks done")
     top.legend(fontsize="small")
     traced = soak["traced_pass"]
     bottom.plot(
@@ -134,7 +140,7 @@ def _soak(results: dict[str, Any], out: Path) -> list[Path]:
     bottom.axhline(traced["after_traced"] / MIB, color="green", linestyle="--", label="after the TTL")
     bottom.axhline(traced["baseline_traced"] / MIB, color="grey", linestyle=":", label="baseline")
     bottom.set_ylabel("traced, MiB")
-    bottom.set_xlabel("tasks done")
+    bottom.set_xlabel("tasks done (one soak)")
     bottom.legend(fontsize="small")
     top.set_title(f"soak: {soak['tasks']:,} tasks, result_ttl {soak['result_ttl']} s ({soak['loop']})")
     return [_save(fig, out / "soak.png")]

@@ -109,6 +109,11 @@ def _soak_text(soak: dict[str, Any]) -> str:
                 if rss["after_rss_malloc_trim"] is not None
                 else "n/a (no glibc)"
             ),
+            "                  RSS after each soak's TTL (the first is the target's): "
+            + ", ".join(f"{d / MIB:+.1f}" for d in rss["soaks_rss_delta"])
+            + " MiB; Python's live memory blocks: "
+            + ", ".join(f"{d:+,}" for d in rss["soaks_blocks_delta"])
+            + " (a leak would go on growing with every soak)",
             f"tracemalloc pass: baseline {traced['baseline_traced'] / MIB:8.2f} MiB, peak "
             f"{traced['peak_traced'] / MIB:8.2f} MiB, after TTL {traced['after_traced'] / MIB:8.2f} MiB "
             f"(delta {soak['traced_delta'] / KIB:+.1f} KiB); {traced['run_s']:.1f} s for the tasks, "

@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
+import sys
 import tracemalloc
 from array import array
 from time import perf_counter
@@ -31,7 +32,9 @@ METHOD = (
     "read memory); then wait until the store is empty, collect garbage and read again, the queue "
     "still running. Two passes: RSS without tracemalloc (its own tables would swell RSS), then "
     "tracemalloc. The target uses the plain RSS reading; the one after glibc's malloc_trim(0) is "
-    "diagnostic only"
+    "diagnostic only. The RSS pass then runs {tasks:,} more tasks the same way {repeats} more time(s) on "
+    "the same queue (from the trimmed heap), reading RSS and sys.getallocatedblocks() after each TTL: "
+    "memory that grows from soak to soak is a leak; memory that stays level is what the allocators keep"
 )
 
 
@@ -73,8 +76,13 @@ async def _until_expired(queue: HybridQueue, ttl: float) -> float:
 
 async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
     tasks, chunk, ttl = settings.soak_tasks, settings.soak_chunk, settings.result_ttl
+    # Only the RSS pass repeats: a leak shows in RSS, and tracemalloc's
+    # reading after one soak already accounts for every Python object.
+    soaks = 1 if trace else 1 + settings.soak_repeats
     warm = min(chunk, 1000)
-    tally = Tally(tasks + 2 * warm)
+    # Soak s runs tasks s * tasks .. (s + 1) * tasks - 1; the warm-up takes
+    # the indices after the last soak's. Every index is one task.
+    tally = Tally(soaks * tasks + 2 * warm)
     hits = tally.hits
 
     async def echo(i: int) -> int:
@@ -95,35 +103,46 @@ async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
     process = psutil.Process()
     queue = HybridQueue(WORKERS, result_ttl=ttl, max_results=tasks)
     await queue.start()
-    await run_chunk(echo, range(tasks, tasks + warm))
-    await run_chunk(echo_sync, range(tasks + warm, tasks + 2 * warm))
+    await run_chunk(echo, range(soaks * tasks, soaks * tasks + warm))
+    await run_chunk(echo_sync, range(soaks * tasks + warm, soaks * tasks + 2 * warm))
     await _until_expired(queue, ttl)
     # The samples live in arrays made before the baseline: a Python object
     # kept per sample would pin a pymalloc arena of the soak's garbage each,
     # and the RSS that stays after the TTL would be the benchmark's own.
     chunks = range(0, tasks, chunk)
-    done, rss, traced = (array("q", bytes(8 * (len(chunks) + 1))) for _ in range(3))
+    done, rss, traced = (array("q", bytes(8 * (soaks * len(chunks) + 1))) for _ in range(3))
+    # RSS and Python's live memory blocks after each soak's TTL; [0]: the baseline.
+    settled_rss, blocks = (array("q", bytes(8 * (soaks + 1))) for _ in range(2))
     # Made before the baseline too: making a tqdm bar imports modules and
     # starts a monitor thread, whose memory would count as the soak's.
-    bar = progress_bar(tasks, "soak (tracemalloc)" if trace else "soak (RSS)", settings.progress)
+    bar = progress_bar(soaks * tasks, "soak (tracemalloc)" if trace else "soak (RSS)", settings.progress)
     base_rss, base_traced = _read(process, collect=True)
     rss[0], traced[0] = base_rss, base_traced or 0
-    started = perf_counter()
+    settled_rss[0], blocks[0] = base_rss, sys.getallocatedblocks()
+    sample = 0
     with bar:
-        for c, first in enumerate(chunks):
-            indices = range(first, min(first + chunk, tasks))
-            await run_chunk(echo if c % 2 == 0 else echo_sync, indices)
-            done[c + 1] = indices.stop
-            rss[c + 1], traced[c + 1] = _read(process, collect=False)[0], _read_traced()
-            bar.update(len(indices))
-    run_s = perf_counter() - started
-    waited_s = await _until_expired(queue, ttl)
-    after_rss, after_traced = _read(process, collect=True)
-    trimmed_rss = process.memory_info().rss if _malloc_trim() else None
+        for s in range(soaks):
+            started = perf_counter()
+            for c, first in enumerate(chunks):
+                indices = range(s * tasks + first, s * tasks + min(first + chunk, tasks))
+                await run_chunk(echo if c % 2 == 0 else echo_sync, indices)
+                sample += 1
+                done[sample] = indices.stop
+                rss[sample], traced[sample] = _read(process, collect=False)[0], _read_traced()
+                bar.update(len(indices))
+            elapsed = perf_counter() - started
+            waited = await _until_expired(queue, ttl)
+            settled_rss[s + 1], after_traced = _read(process, collect=True)
+            blocks[s + 1] = sys.getallocatedblocks()
+            if s == 0:
+                # The target's readings. The further soaks start from the
+                # heap as the trim leaves it.
+                run_s, waited_s, after_rss = elapsed, waited, settled_rss[1]
+                trimmed_rss = process.memory_info().rss if _malloc_trim() else None
     stats = queue.stats()
     await queue.shutdown()
     tally.check("soak")
-    check_equal("soak", "stats().completed", stats.completed, tasks + 2 * warm)
+    check_equal("soak", "stats().completed", stats.completed, soaks * tasks + 2 * warm)
     check_equal("soak", "stats().retries", stats.retries, 0)
     result: dict[str, Any] = {
         "tracemalloc": trace,
@@ -133,9 +152,13 @@ async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
         "results_expired": stats.results_expired,
         "results_evicted": stats.results_evicted,
         "baseline_rss": base_rss,
-        "peak_rss": max(rss),
+        "peak_rss": max(rss[: len(chunks) + 1]),
         "after_rss": after_rss,
         "after_rss_malloc_trim": trimmed_rss,
+        # One entry per soak (the first is the target's), after its TTL:
+        # RSS and live blocks minus the baseline's.
+        "soaks_rss_delta": [r - base_rss for r in settled_rss[1:]],
+        "soaks_blocks_delta": [b - blocks[0] for b in blocks[1:]],
         "samples": [(d, r, t if trace else None) for d, r, t in zip(done, rss, traced, strict=True)],
     }
     if trace:
@@ -166,8 +189,14 @@ def soak(settings: Settings, loop: str) -> dict[str, Any]:
         "tasks": settings.soak_tasks,
         "chunk": settings.soak_chunk,
         "result_ttl": settings.result_ttl,
+        "repeats": settings.soak_repeats,
         "method": METHOD.format(
-            workers=WORKERS, ttl=settings.result_ttl, tasks=settings.soak_tasks, warm=warm, chunk=settings.soak_chunk
+            workers=WORKERS,
+            ttl=settings.result_ttl,
+            tasks=settings.soak_tasks,
+            warm=warm,
+            chunk=settings.soak_chunk,
+            repeats=settings.soak_repeats,
         ),
         "rss_pass": rss_pass,
         "traced_pass": traced_pass,

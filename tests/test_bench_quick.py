@@ -42,6 +42,11 @@ def test_quick_run_checks_every_contender_and_writes_json(tmp_path: Path, capsys
     assert all(row["probes"] == results["settings"]["probes"] for row in results["latency"]["asyncio"])
     assert len(results["footprint"]) == 3
     assert results["soak"]["tasks"] == results["settings"]["soak_tasks"]
+    # The RSS pass read memory after the first soak and after each further one.
+    soaks = 1 + results["settings"]["soak_repeats"]
+    assert len(results["soak"]["rss_pass"]["soaks_rss_delta"]) == soaks
+    assert len(results["soak"]["rss_pass"]["soaks_blocks_delta"]) == soaks
+    assert results["soak"]["rss_pass"]["samples"][-1][0] == soaks * results["settings"]["soak_tasks"]
     assert results["targets"], "no target was evaluated"
     for png in ("coroutine", "sync", "workers", "depth", "latency", "soak"):
         assert (tmp_path / f"{png}.png").stat().st_size > 0, png
