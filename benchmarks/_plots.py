@@ -120,10 +120,20 @@ def _soak(results: dict[str, Any], out: Path) -> list[Path]:
     # Not sharing x: the RSS pass runs more soaks than the tracemalloc pass.
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7))
     rss = soak["rss_pass"]
-    top.plot([s[0] for s in rss["samples"]], [s[1] / MIB for s in rss["samples"]], label="RSS during the run")
-    # The RSS pass runs several soaks of soak["tasks"] each: mark where each
-    # ended and what stayed once its TTL passed.
-    ends = [(i + 1) * soak["tasks"] for i in range(len(rss["soaks_rss_delta"]))]
+    # The RSS pass runs several soaks: one line per soak, not joined across
+    # the wait for the TTL, and a dot for what stayed after each TTL.
+    samples, per_soak = rss["samples"], (len(rss["samples"]) - 1) // rss["soaks"]
+    for i in range(rss["soaks"]):
+        part = samples[1:][i * per_soak : (i + 1) * per_soak]
+        if i == 0:
+            part = samples[:1] + part  # from the baseline
+        top.plot(
+            [s[0] for s in part],
+            [s[1] / MIB for s in part],
+            color="tab:blue",
+            label="RSS during the soaks" if i == 0 else None,
+        )
+    ends = [(i + 1) * soak["tasks"] for i in range(rss["soaks"])]
     settled = [(rss["baseline_rss"] + d) / MIB for d in rss["soaks_rss_delta"]]
     top.plot(ends, settled, "o", color="green", label="RSS after each soak's TTL (first: the target's)")
     top.axhline(rss["baseline_rss"] / MIB, color="grey", linestyle=":", label="baseline")
@@ -142,7 +152,10 @@ def _soak(results: dict[str, Any], out: Path) -> list[Path]:
     bottom.set_ylabel("traced, MiB")
     bottom.set_xlabel("tasks done (one soak)")
     bottom.legend(fontsize="small")
-    top.set_title(f"soak: {soak['tasks']:,} tasks, result_ttl {soak['result_ttl']} s ({soak['loop']})")
+    top.set_title(
+        f"soak: {soak['tasks']:,} tasks each, {rss['soaks']} soaks for RSS, 1 under tracemalloc; "
+        f"result_ttl {soak['result_ttl']} s ({soak['loop']})"
+    )
     return [_save(fig, out / "soak.png")]
 
 

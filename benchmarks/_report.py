@@ -101,19 +101,19 @@ def _soak_text(soak: dict[str, Any]) -> str:
             f"== soak group, {soak['loop']} loop: {soak['tasks']:,} tasks, result_ttl {soak['result_ttl']} s",
             f"RSS pass:         baseline {rss['baseline_rss'] / MIB:8.1f} MiB, peak {rss['peak_rss'] / MIB:8.1f} MiB, "
             f"after TTL {rss['after_rss'] / MIB:8.1f} MiB (delta {soak['rss_delta'] / MIB:+.2f} MiB); "
-            f"{rss['run_s']:.1f} s for the tasks, {rss['waited_for_expiry_s']:.1f} s until the store emptied, "
-            f"{rss['results_stored_after']} results still stored",
-            "                  after TTL and glibc malloc_trim(0): "
+            f"{rss['run_s']:.1f} s for the tasks, {rss['waited_for_expiry_s']:.1f} s until the store emptied",
+            f"                  after the TTL of each of {rss['soaks']} soaks (the first is the target's): RSS "
+            + ", ".join(f"{d / MIB:+.1f}" for d in rss["soaks_rss_delta"])
+            + " MiB; Python's live memory blocks "
+            + ", ".join(f"{d:+,}" for d in rss["soaks_blocks_delta"])
+            + f" (one object kept per task would add {soak['tasks']:,} per soak); "
+            f"{rss['results_stored_after']} results still stored after the last",
+            "                  after the last TTL and glibc malloc_trim(0): "
             + (
-                f"{rss['after_rss_malloc_trim'] / MIB:.1f} MiB (diagnostic: memory the allocator kept, not the queue)"
-                if rss["after_rss_malloc_trim"] is not None
+                f"{rss['after_last_rss_malloc_trim'] / MIB:.1f} MiB (diagnostic: memory the allocator kept)"
+                if rss["after_last_rss_malloc_trim"] is not None
                 else "n/a (no glibc)"
             ),
-            "                  RSS after each soak's TTL (the first is the target's): "
-            + ", ".join(f"{d / MIB:+.1f}" for d in rss["soaks_rss_delta"])
-            + " MiB; Python's live memory blocks: "
-            + ", ".join(f"{d:+,}" for d in rss["soaks_blocks_delta"])
-            + " (a leak would go on growing with every soak)",
             f"tracemalloc pass: baseline {traced['baseline_traced'] / MIB:8.2f} MiB, peak "
             f"{traced['peak_traced'] / MIB:8.2f} MiB, after TTL {traced['after_traced'] / MIB:8.2f} MiB "
             f"(delta {soak['traced_delta'] / KIB:+.1f} KiB); {traced['run_s']:.1f} s for the tasks, "

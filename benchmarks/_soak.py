@@ -9,6 +9,7 @@ import gc
 import sys
 import tracemalloc
 from array import array
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -31,33 +32,23 @@ METHOD = (
     "by chunk, each returning its argument; submit a chunk, await its handles, check the values, "
     "read memory); then wait until the store is empty, collect garbage and read again, the queue "
     "still running. Two passes: RSS without tracemalloc (its own tables would swell RSS), then "
-    "tracemalloc. The target uses the plain RSS reading; the one after glibc's malloc_trim(0) is "
-    "diagnostic only. The RSS pass then runs {tasks:,} more tasks the same way {repeats} more time(s) on "
-    "the same queue (from the trimmed heap), reading RSS and sys.getallocatedblocks() after each TTL: "
-    "memory that grows from soak to soak is a leak; memory that stays level is what the allocators keep"
+    "tracemalloc. The RSS pass then runs {repeats} further soak(s) of {tasks:,} tasks on the same "
+    "queue, reading RSS and sys.getallocatedblocks() after each TTL (one object kept per task would "
+    "add {tasks:,} blocks per soak), and last reads RSS once more after glibc's malloc_trim(0), a "
+    "diagnostic of the memory the allocator keeps. The target uses the first soak's plain RSS reading"
 )
 
 
-def _read(process: psutil.Process, collect: bool) -> tuple[int, int | None]:
-    if collect:
-        gc.collect()
-    traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
-    return process.memory_info().rss, traced
-
-
-def _malloc_trim() -> bool:
+def _find_malloc_trim() -> Callable[[int], int] | None:
     # glibc keeps freed heap memory mapped; malloc_trim(0) hands it back. Used
-    # only for a second, diagnostic reading: it tells memory the allocator
-    # holds apart from memory the program holds.
+    # only for a diagnostic reading after the last soak: it tells memory the
+    # allocator holds apart from memory the program holds. Looked up before
+    # the baseline: the lookup leaves objects alive (ctypes' and re's caches).
     name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):
-        trim = None
-    if trim is None:
-        return False
-    trim(0)
-    return True
+        return None
 
 
 def _read_traced() -> int:
@@ -76,12 +67,14 @@ async def _until_expired(queue: HybridQueue, ttl: float) -> float:
 
 async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
     tasks, chunk, ttl = settings.soak_tasks, settings.soak_chunk, settings.result_ttl
-    # Only the RSS pass repeats: a leak shows in RSS, and tracemalloc's
-    # reading after one soak already accounts for every Python object.
+    # Only the RSS pass repeats: under tracemalloc a soak takes about four
+    # times as long, and one soak's reading already counts every Python
+    # object left behind.
     soaks = 1 if trace else 1 + settings.soak_repeats
     warm = min(chunk, 1000)
-    # Soak s runs tasks s * tasks .. (s + 1) * tasks - 1; the warm-up takes
-    # the indices after the last soak's. Every index is one task.
+    # Soak s runs indices s * tasks up to (s + 1) * tasks, the warm-up the
+    # ones after: every task has its own slot in the tally, and a chunk's
+    # last index + 1 is the number of tasks done since the baseline.
     tally = Tally(soaks * tasks + 2 * warm)
     hits = tally.hits
 
@@ -106,68 +99,84 @@ async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
     await run_chunk(echo, range(soaks * tasks, soaks * tasks + warm))
     await run_chunk(echo_sync, range(soaks * tasks + warm, soaks * tasks + 2 * warm))
     await _until_expired(queue, ttl)
-    # The samples live in arrays made before the baseline: a Python object
-    # kept per sample would pin a pymalloc arena of the soak's garbage each,
-    # and the RSS that stays after the TTL would be the benchmark's own.
+    # Everything read from here on goes into arrays made before the
+    # baseline: a Python object kept per reading would pin a pymalloc arena
+    # of the soak's garbage each, and the RSS that stays after the TTL would
+    # be the benchmark's own.
     chunks = range(0, tasks, chunk)
     done, rss, traced = (array("q", bytes(8 * (soaks * len(chunks) + 1))) for _ in range(3))
-    # RSS and Python's live memory blocks after each soak's TTL; [0]: the baseline.
-    settled_rss, blocks = (array("q", bytes(8 * (soaks + 1))) for _ in range(2))
+    # After each soak's TTL, and [0] at the baseline: RSS, traced bytes,
+    # Python's live memory blocks.
+    settled_rss, settled_traced, settled_blocks = (array("q", bytes(8 * (soaks + 1))) for _ in range(3))
+    first_run_s, first_wait_s = array("d", [0.0]), array("d", [0.0])
+    trim = _find_malloc_trim()
     # Made before the baseline too: making a tqdm bar imports modules and
     # starts a monitor thread, whose memory would count as the soak's.
     bar = progress_bar(soaks * tasks, "soak (tracemalloc)" if trace else "soak (RSS)", settings.progress)
-    base_rss, base_traced = _read(process, collect=True)
-    rss[0], traced[0] = base_rss, base_traced or 0
-    settled_rss[0], blocks[0] = base_rss, sys.getallocatedblocks()
-    sample = 0
+    _settle(process, settled_rss, settled_traced, settled_blocks, 0)
+    rss[0], traced[0] = settled_rss[0], settled_traced[0]
     with bar:
         for s in range(soaks):
             started = perf_counter()
             for c, first in enumerate(chunks):
                 indices = range(s * tasks + first, s * tasks + min(first + chunk, tasks))
                 await run_chunk(echo if c % 2 == 0 else echo_sync, indices)
-                sample += 1
-                done[sample] = indices.stop
-                rss[sample], traced[sample] = _read(process, collect=False)[0], _read_traced()
+                k = s * len(chunks) + c + 1
+                done[k] = indices.stop
+                rss[k], traced[k] = process.memory_info().rss, _read_traced()
                 bar.update(len(indices))
-            elapsed = perf_counter() - started
-            waited = await _until_expired(queue, ttl)
-            settled_rss[s + 1], after_traced = _read(process, collect=True)
-            blocks[s + 1] = sys.getallocatedblocks()
             if s == 0:
-                # The target's readings. The further soaks start from the
-                # heap as the trim leaves it.
-                run_s, waited_s, after_rss = elapsed, waited, settled_rss[1]
-                trimmed_rss = process.memory_info().rss if _malloc_trim() else None
+                first_run_s[0] = perf_counter() - started
+                first_wait_s[0] = await _until_expired(queue, ttl)
+            else:
+                await _until_expired(queue, ttl)
+            _settle(process, settled_rss, settled_traced, settled_blocks, s + 1)
+    trimmed_rss = None
+    if trim is not None:
+        trim(0)
+        trimmed_rss = process.memory_info().rss
     stats = queue.stats()
     await queue.shutdown()
     tally.check("soak")
     check_equal("soak", "stats().completed", stats.completed, soaks * tasks + 2 * warm)
     check_equal("soak", "stats().retries", stats.retries, 0)
+    base_rss = settled_rss[0]
     result: dict[str, Any] = {
         "tracemalloc": trace,
-        "run_s": run_s,
-        "waited_for_expiry_s": waited_s,
+        "soaks": soaks,
+        "run_s": first_run_s[0],
+        "waited_for_expiry_s": first_wait_s[0],
+        # These three after the last soak.
         "results_stored_after": stats.results_stored,
         "results_expired": stats.results_expired,
         "results_evicted": stats.results_evicted,
         "baseline_rss": base_rss,
         "peak_rss": max(rss[: len(chunks) + 1]),
-        "after_rss": after_rss,
-        "after_rss_malloc_trim": trimmed_rss,
-        # One entry per soak (the first is the target's), after its TTL:
-        # RSS and live blocks minus the baseline's.
-        "soaks_rss_delta": [r - base_rss for r in settled_rss[1:]],
-        "soaks_blocks_delta": [b - blocks[0] for b in blocks[1:]],
+        "after_rss": settled_rss[1],
+        "after_last_rss_malloc_trim": trimmed_rss,
         "samples": [(d, r, t if trace else None) for d, r, t in zip(done, rss, traced, strict=True)],
     }
     if trace:
         result.update(
-            baseline_traced=base_traced,
+            baseline_traced=settled_traced[0],
             peak_traced=max(traced),
-            after_traced=after_traced,
+            after_traced=settled_traced[1],
+        )
+    else:
+        # One entry per soak, the first being the target's: after its TTL,
+        # minus the baseline.
+        result.update(
+            soaks_rss_delta=[r - base_rss for r in settled_rss[1:]],
+            soaks_blocks_delta=[b - settled_blocks[0] for b in settled_blocks[1:]],
         )
     return result
+
+
+def _settle(process: psutil.Process, rss: array[int], traced: array[int], blocks: array[int], k: int) -> None:
+    # The readings once a soak's results are gone: after a full collection,
+    # so that garbage in cycles does not count.
+    gc.collect()
+    rss[k], traced[k], blocks[k] = process.memory_info().rss, _read_traced(), sys.getallocatedblocks()
 
 
 def soak(settings: Settings, loop: str) -> dict[str, Any]:
