@@ -124,9 +124,8 @@ def _soak(results: dict[str, Any], out: Path) -> list[Path]:
     # the wait for the TTL, and a dot for what stayed after each TTL.
     samples, per_soak = rss["samples"], (len(rss["samples"]) - 1) // rss["soaks"]
     for i in range(rss["soaks"]):
-        part = samples[1:][i * per_soak : (i + 1) * per_soak]
-        if i == 0:
-            part = samples[:1] + part  # from the baseline
+        # Soak i's samples, the first soak's from the baseline.
+        part = samples[i * per_soak + (i > 0) : (i + 1) * per_soak + 1]
         top.plot(
             [s[0] for s in part],
             [s[1] / MIB for s in part],

@@ -108,7 +108,8 @@ async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
     # After each soak's TTL, and [0] at the baseline: RSS, traced bytes,
     # Python's live memory blocks.
     settled_rss, settled_traced, settled_blocks = (array("q", bytes(8 * (soaks + 1))) for _ in range(3))
-    first_run_s, first_wait_s = array("d", [0.0]), array("d", [0.0])
+    # Each soak's time for its tasks, and its wait for the store to empty, s.
+    run_s, wait_s = (array("d", bytes(8 * soaks)) for _ in range(2))
     trim = _find_malloc_trim()
     # Made before the baseline too: making a tqdm bar imports modules and
     # starts a monitor thread, whose memory would count as the soak's.
@@ -125,11 +126,8 @@ async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
                 done[k] = indices.stop
                 rss[k], traced[k] = process.memory_info().rss, _read_traced()
                 bar.update(len(indices))
-            if s == 0:
-                first_run_s[0] = perf_counter() - started
-                first_wait_s[0] = await _until_expired(queue, ttl)
-            else:
-                await _until_expired(queue, ttl)
+            run_s[s] = perf_counter() - started
+            wait_s[s] = await _until_expired(queue, ttl)
             _settle(process, settled_rss, settled_traced, settled_blocks, s + 1)
     trimmed_rss = None
     if trim is not None:
@@ -144,8 +142,8 @@ async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
     result: dict[str, Any] = {
         "tracemalloc": trace,
         "soaks": soaks,
-        "run_s": first_run_s[0],
-        "waited_for_expiry_s": first_wait_s[0],
+        "run_s": run_s[0],
+        "waited_for_expiry_s": wait_s[0],
         # These three after the last soak.
         "results_stored_after": stats.results_stored,
         "results_expired": stats.results_expired,
@@ -198,7 +196,6 @@ def soak(settings: Settings, loop: str) -> dict[str, Any]:
         "tasks": settings.soak_tasks,
         "chunk": settings.soak_chunk,
         "result_ttl": settings.result_ttl,
-        "repeats": settings.soak_repeats,
         "method": METHOD.format(
             workers=WORKERS,
             ttl=settings.result_ttl,
