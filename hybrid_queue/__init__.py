@@ -5,6 +5,8 @@ thread, calls ``queue.submit_blocking(...)`` and gets a
 ``concurrent.futures.Future``. Both feed one priority heap.
 """
 
+import logging as _logging
+
 from ._clock import Clock as Clock
 from ._errors import DuplicateTaskError as DuplicateTaskError
 from ._errors import QueueError as QueueError
@@ -22,6 +24,10 @@ from ._task import TaskResult as TaskResult
 from ._task import TaskStatus as TaskStatus
 
 __version__ = "0.1.0"
+
+# As the logging HOWTO advises libraries: records go nowhere until the
+# program configures logging, instead of to logging.lastResort's stderr.
+_logging.getLogger("hybrid_queue").addHandler(_logging.NullHandler())
 
 __all__ = (
     "Clock",

@@ -42,7 +42,13 @@ class LoopBridge:
         """
         self._calls.append((fn, args))
         if self._scheduled:
-            return True
+            if not self._loop.is_closed():
+                return True
+            # The loop closed with a drain scheduled that will never run:
+            # answer as call_soon_threadsafe would, rather than queue calls
+            # behind it for good.
+            self._calls.clear()
+            return False
         self._scheduled = True
         try:
             self._loop.call_soon_threadsafe(self._drain)

@@ -22,7 +22,7 @@ from ._scheduler import Scheduler
 from ._stats import QueueStats
 from ._store import ResultStore
 from ._task import Task, TaskFuture, TaskHandle, TaskResult, TaskStatus, fill_record
-from ._validate import check_int, check_max_retries, check_timeout, is_coroutine_function
+from ._validate import check_int, check_max_retries, check_task_id, check_timeout, is_coroutine_function, is_plain_id
 from ._workers import Runner, _shut
 
 __all__ = ["HybridQueue"]
@@ -638,14 +638,7 @@ class HybridQueue:
         if type(priority) is not int and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
         if task_id is not None:
-            try:
-                hash(task_id)
-            except TypeError:
-                raise TypeError(f"task_id must be hashable, got {task_id!r}") from None
-            if task_id == "":
-                raise ValueError("task_id must not be empty; pass a non-empty id, or None for a generated one")
-            if task_id != task_id:
-                raise ValueError(f"task_id must equal itself to be found again, got {task_id!r}")
+            check_task_id(task_id)
         if max_retries is None:
             max_retries = self._policy.max_retries
         else:

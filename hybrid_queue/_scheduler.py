@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Hashable, Sequence
 from itertools import count
 from typing import Any
@@ -29,6 +30,7 @@ from ._retry import RetryPolicy
 from ._stats import QueueStats
 from ._store import ResultStore
 from ._task import Record, TaskHandle, TaskResult, TaskStatus
+from ._validate import is_plain_id
 
 __all__ = ["Scheduler"]
 
@@ -286,9 +288,14 @@ class Scheduler:
         with self.lock:
             events, self._events = self._events, []
             self._events_posted = False
-            listeners = self._listeners
         for event in events:
+            # Read anew for every event, and checked again before each call
+            # once it changed: a listener removed by another listener (or by
+            # itself) is not called again, not even for the rest of a batch.
+            listeners = self._listeners
             for listener in listeners:
+                if self._listeners is not listeners and not any(x is listener for x in self._listeners):
+                    continue
                 try:
                     listener(event)
                 except Exception:
@@ -720,6 +727,8 @@ class Scheduler:
         ``record``: cancel only if the live task with this id is that record
         (an id may be reused once the old result is gone).
         """
+        if not is_plain_id(task_id):  # never accepted, and not to be hashed under the lock
+            return False
         now = self.clock()
         with self.lock:
             task = self._live.get(task_id)
@@ -879,6 +888,8 @@ class Scheduler:
 
     def status(self, task_id: Hashable) -> TaskStatus:
         """The task's current status; raises UnknownTaskError if not known."""
+        if not is_plain_id(task_id):  # never accepted, and not to be hashed under the lock
+            raise _unknown(task_id)
         with self.lock:
             task = self._live.get(task_id)
             if task is not None:
@@ -892,6 +903,8 @@ class Scheduler:
         self, task_id: Hashable, loop: asyncio.AbstractEventLoop
     ) -> TaskResult[Any] | asyncio.Future[TaskResult[Any]]:
         """The stored result, or a future on ``loop`` (the caller's) that the result will resolve."""
+        if not is_plain_id(task_id):  # never accepted, and not to be hashed under the lock
+            raise _unknown(task_id)
         with self.lock:
             if self.loop is not None:
                 self._bind_locked(loop)  # raises on a loop that is not the queue's
@@ -917,6 +930,8 @@ class Scheduler:
 
     def forget(self, task_id: Hashable) -> bool:
         """Drop a stored result; False if there was none."""
+        if not is_plain_id(task_id):  # never accepted, and not to be hashed under the lock
+            return False
         with self.lock:
             dropped = self._store.discard(task_id)
             released = self._take_dropped_locked()
@@ -1000,7 +1015,9 @@ class _Held:
 
 
 def _log_retry(task: Record, error: BaseException | None, delay: float) -> None:
-    logger.warning(
+    # INFO, not WARNING: a retried attempt is the policy working, not a
+    # problem yet; only the final failure is (see deliver).
+    logger.info(
         "task %r attempt %d failed with %r; retry %d of %d in %.3f s",
         task._id,
         task._attempt,
@@ -1021,12 +1038,14 @@ def _unknown(task_id: Hashable) -> UnknownTaskError:
 def _same_method(a: object, b: object) -> bool:
     # Bound methods are made anew at each attribute access: equal when both
     # their object and their function are the same (compared by identity).
+    # A builtin's bound method (``events.append``) has no __func__: the
+    # same when its object is, and its name (a str) equal.
     self_a, self_b = getattr(a, "__self__", None), getattr(b, "__self__", None)
-    return (
-        self_a is not None
-        and self_a is self_b
-        and getattr(a, "__func__", None) is getattr(b, "__func__", None) is not None
-    )
+    if self_a is None or self_a is not self_b:
+        return False
+    if type(a) is type(b) is types.BuiltinMethodType:
+        return a.__name__ == b.__name__  # type: ignore[attr-defined]
+    return getattr(a, "__func__", None) is getattr(b, "__func__", None) is not None
 
 
 def _unbound_launch(claimed: Claimed) -> None:

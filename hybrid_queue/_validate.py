@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import inspect
 import math
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["check_delay", "check_int", "check_max_retries", "check_timeout", "is_coroutine_function"]
+__all__ = [
+    "check_delay",
+    "check_int",
+    "check_max_retries",
+    "check_task_id",
+    "check_timeout",
+    "is_coroutine_function",
+    "is_plain_id",
+]
+
+# Task ids are looked up under the scheduler's lock, where no code of the
+# caller's may run; hashing and comparing these types runs none (UUID's are
+# the standard library's, on its int).
+_PLAIN_ID_TYPES = frozenset({str, int, float, bytes, bool, uuid.UUID})
 
 
 def check_int(name: str, value: object, *, minimum: int) -> int:
@@ -66,3 +80,25 @@ def is_coroutine_function(fn: Callable[..., Any]) -> bool:
         return False  # calling a class makes an instance, whatever its __call__ is
     call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
     return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
+
+
+def is_plain_id(value: object) -> bool:
+    """True for a task id whose hashing and comparison run no user code (see check_task_id)."""
+    kind = type(value)
+    if kind in _PLAIN_ID_TYPES:
+        return True
+    return kind is tuple and all(item is None or is_plain_id(item) for item in value)  # type: ignore[attr-defined]
+
+
+def check_task_id(value: object) -> None:
+    """A task id chosen by the caller: a str, int, float, bytes, bool, UUID, or a tuple of those, not empty."""
+    if type(value) is not str and not is_plain_id(value):
+        raise TypeError(
+            "task_id must be a str, int, float, bytes, uuid.UUID or a tuple of those (ids are hashed under the "
+            f"queue's lock, where the __hash__/__eq__ of other types could call back into it), got "
+            f"{type(value).__qualname__} {value!r}; use str(your_id) or a tuple of its fields"
+        )
+    if value == "":
+        raise ValueError("task_id must not be empty; pass a non-empty id, or None for a generated one")
+    if value != value:
+        raise ValueError(f"task_id must equal itself to be found again, got {value!r}")

@@ -29,6 +29,13 @@ from hybrid_queue import (
 )
 
 
+class OwnHash:
+    """An id type whose hashing is user code: it could call back into the queue under its lock."""
+
+    def __hash__(self) -> int:
+        return 7
+
+
 async def noop(value: Any = None) -> Any:
     return value
 
@@ -288,7 +295,23 @@ CASES = [
         "task_id=[]",
         lambda q: q.submit(noop, task_id=[]),
         TypeError,
-        r"^task_id must be hashable, got \[\]$",
+        r"^task_id must be a str, int, float, bytes, uuid.UUID or a tuple of those .*, got list \[\]; "
+        r"use str\(your_id\) or a tuple of its fields$",
+        new_id=None,
+    ),
+    Bad(
+        "task_id=object-with-its-own-hash",
+        lambda q: q.submit(noop, task_id=OwnHash()),
+        TypeError,
+        r"^task_id must be a str, int, float, bytes, uuid.UUID or a tuple of those \(ids are hashed under the "
+        r"queue's lock, where the __hash__/__eq__ of other types could call back into it\), got OwnHash ",
+        new_id=None,
+    ),
+    Bad(
+        "task_id=tuple-holding-an-object",
+        lambda q: q.submit(noop, task_id=("tenant", OwnHash())),
+        TypeError,
+        r"^task_id must be a str, int, float, bytes, uuid.UUID or a tuple of those .*, got tuple ",
         new_id=None,
     ),
     # --- duplicate ids

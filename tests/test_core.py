@@ -605,36 +605,6 @@ async def test_finished_task_leaves_every_structure_but_the_store(make_queue):
         q.status(h.task_id)
 
 
-async def test_a_forgotten_task_ids_finalizer_may_call_the_queue(make_queue):
-    # After forget(), the result store may hold the last reference to the id
-    # (the slot that kept its place in expiry order) and let go of it later,
-    # in the expiry sweep; the id must then be dropped after the queue's
-    # lock, or a __del__ that calls the queue would deadlock on it.
-    clock = FakeClock()
-    q = await make_queue(1, result_ttl=10.0, clock=clock)
-    seen: list[int] = []
-
-    class Id:
-        def __hash__(self) -> int:
-            return 7
-
-        def __del__(self) -> None:
-            seen.append(q.stats().results_stored)
-
-    task_id = Id()
-    handles = [await q.submit(abs, -1, task_id=task_id), await q.submit(abs, -2)]
-    await asyncio.gather(*handles)
-    refs = [weakref.ref(h) for h in handles]
-    del handles
-    await wait_until(lambda: all(ref() is None for ref in refs))  # the loop's callbacks let go of them
-    assert q.forget(task_id) is True
-    del task_id  # now only the store's slot holds it
-    assert seen == []
-    await clock.sleep(10.0)  # the sweep drops both slots
-    await wait_until(lambda: bool(seen))
-    assert seen == [0]
-
-
 async def test_results_expire_by_ttl_without_anyone_reading(make_queue):
     clock = FakeClock()
     q = await make_queue(2, result_ttl=20.0, clock=clock)

@@ -1,8 +1,11 @@
-"""Logging: quiet for routine work, one WARNING per failed attempt, lifecycle at DEBUG, no print."""
+"""Logging: quiet for routine work, retries at INFO, one WARNING per failed task, lifecycle at DEBUG, no print."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -21,7 +24,7 @@ async def test_routine_work_logs_nothing_at_info(make_queue, caplog, capsys):
     assert capsys.readouterr() == ("", "")
 
 
-async def test_each_failed_attempt_logged_once_at_warning(make_queue, caplog, capsys):
+async def test_retries_at_info_and_only_the_final_failure_at_warning(make_queue, caplog, capsys):
     caplog.set_level(logging.DEBUG, logger="hybrid_queue")
     clock = FakeClock()
     q = await make_queue(1, clock=clock, retry=RetryPolicy(max_retries=2, base_delay=5.0))
@@ -33,13 +36,37 @@ async def test_each_failed_attempt_logged_once_at_warning(make_queue, caplog, ca
     await clock.sleep(60)
     with pytest.raises(ConnectionError):
         await h
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [
-        "task 'job-7' attempt 1 failed with ConnectionError('refused'); retry 1 of 2 in 5.000 s",
-        "task 'job-7' attempt 2 failed with ConnectionError('refused'); retry 2 of 2 in 10.000 s",
-        "task 'job-7' failed after 3 attempt(s): ConnectionError('refused')",
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert logged == [
+        ("INFO", "task 'job-7' attempt 1 failed with ConnectionError('refused'); retry 1 of 2 in 5.000 s"),
+        ("INFO", "task 'job-7' attempt 2 failed with ConnectionError('refused'); retry 2 of 2 in 10.000 s"),
+        ("WARNING", "task 'job-7' failed after 3 attempt(s): ConnectionError('refused')"),
     ]
     assert capsys.readouterr() == ("", "")
+
+
+def test_an_unconfigured_program_prints_nothing_to_stderr():
+    # Without a handler of the library's own, logging.lastResort would print
+    # every WARNING of an unconfigured program to stderr.
+    program = textwrap.dedent(
+        """
+        from hybrid_queue import HybridQueue, RetryPolicy
+
+        def fail():
+            raise ConnectionError("refused")
+
+        with HybridQueue(2, retry=RetryPolicy(max_retries=1, base_delay=0.0)) as q:
+            futures = [q.submit_blocking(fail) for _ in range(5)]
+            for f in futures:
+                try:
+                    f.result()
+                except ConnectionError:
+                    pass
+        print("done")
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    assert (run.stdout, run.stderr) == ("done\n", "")
 
 
 async def test_lifecycle_is_logged_at_debug(make_queue, caplog):
