@@ -1,5 +1,8 @@
 # `make test` and `make bench` each set up their own virtual environment;
-# a stamp file reinstalls only when the package metadata changes.
+# a stamp file reinstalls only when the package metadata changes, or when
+# hybrid_queue/ gains, loses or renames a module (the editable install is in
+# setuptools' strict mode, set in setup.cfg: it links each module, so that
+# type checkers find the package; a directory's time changes with its entries).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,11 +18,11 @@ $(BIN)/python:
 
 # The test environment has the bench extra too: the suite runs a quick
 # benchmark pass so the benchmarks cannot rot.
-$(STAMP_TEST): $(BIN)/python setup.cfg pyproject.toml
+$(STAMP_TEST): $(BIN)/python setup.cfg pyproject.toml hybrid_queue
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-$(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml
+$(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml hybrid_queue
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 

@@ -17,6 +17,11 @@ MIB = 1024 * 1024
 
 Column = tuple[str, Callable[[dict[str, Any]], str]]
 
+# Printed once above the tables of a --quick run, whose targets get no verdict.
+QUICK_NOTE = "quick run: sizes too small for verdicts; the targets show their values only"
+# The ratio cell of a reference row: its ratio would be its own figure over itself.
+SELF = "-"
+
 
 def _table(title: str, columns: Sequence[Column], rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> str:
     cells = [[fmt(row) for _, fmt in columns] for row in rows]
@@ -42,19 +47,21 @@ def _throughput_table(group: str, loop: str, rows: Sequence[dict[str, Any]], rou
         ("contender", lambda r: r["name"] + (f" [ref {tags[r['name']]}]" if r["reference"] else "")),
         ("us/task", lambda r: f"{r['us_per_task']:.2f}"),
         ("tasks/s", lambda r: f"{r['tasks_per_s']:,.0f}"),
-        ("ratio", lambda r: f"{r['ratio']:.2f}x {tags[r['versus']]}"),
+        ("ratio", lambda r: SELF if r["reference"] else f"{r['ratio']:.2f}x {tags[r['versus']]}"),
         ("spread", lambda r: f"{r['spread_pct']:.0f}%"),
         ("note", lambda r: r["note"]),
     ]
     title = f"== {group} group, {loop} loop: {n:,} tasks per round, median of {rounds} rounds"
     notes = [
-        "ratio: median time over the median time of the reference row named by the letter (lower is faster)",
+        "ratio: median time over the median time of the reference row named by the letter (lower is faster); "
+        f"{SELF} on a reference row",
         "spread: (slowest round - fastest round) / median",
     ]
     return _table(title, columns, rows, notes)
 
 
 def _depth_table(loop: str, rows: Sequence[dict[str, Any]]) -> str:
+    smallest = min(r["depth"] for r in rows)
     columns: list[Column] = [
         ("contender", lambda r: r["name"]),
         ("depth", lambda r: f"{r['depth']:,}"),
@@ -62,8 +69,11 @@ def _depth_table(loop: str, rows: Sequence[dict[str, Any]]) -> str:
         ("submit us/task", lambda r: f"{r['submit_us_per_task']:.2f}"),
         ("drain us/task", lambda r: f"{r['drain_us_per_task']:.2f}"),
         ("total us/task", lambda r: f"{r['total_us_per_task']:.2f}"),
-        ("drain vs smallest", lambda r: f"{r['drain_ratio']:.2f}x"),
     ]
+    # A row at the smallest depth would compare its drain time with itself;
+    # with one depth (a quick run) that is every row, so the column goes.
+    if any(r["depth"] > smallest for r in rows):
+        columns.append(("drain vs smallest", lambda r: SELF if r["depth"] == smallest else f"{r['drain_ratio']:.2f}x"))
     return _table(f"== depth group, {loop} loop (medians over all runs)", columns, rows, [_depth.TIMED_SPAN])
 
 
@@ -128,7 +138,7 @@ def _scale_out_text(scale: dict[str, Any], rounds: int) -> str:
         ("contender", lambda r: r["name"] + (" [ref]" if r["reference"] else "")),
         ("ms/task", lambda r: f"{r['us_per_task'] / 1e3:.2f}"),
         ("tasks/s", lambda r: f"{r['tasks_per_s']:.1f}"),
-        ("speed-up", lambda r: f"{1 / r['ratio']:.2f}x"),
+        ("speed-up", lambda r: SELF if r["reference"] else f"{1 / r['ratio']:.2f}x"),
         ("spread", lambda r: f"{r['spread_pct']:.0f}%"),
         ("note", lambda r: r["note"]),
     ]
@@ -136,7 +146,7 @@ def _scale_out_text(scale: dict[str, Any], rounds: int) -> str:
         ("contender", lambda r: r["name"] + (" [ref]" if r["reference"] else "")),
         ("us/task", lambda r: f"{r['us_per_task']:.1f}"),
         ("tasks/s", lambda r: f"{r['tasks_per_s']:,.0f}"),
-        ("ratio", lambda r: f"{r['ratio']:.2f}x"),
+        ("ratio", lambda r: SELF if r["reference"] else f"{r['ratio']:.2f}x"),
         ("spread", lambda r: f"{r['spread_pct']:.0f}%"),
         ("note", lambda r: r["note"]),
     ]
@@ -184,11 +194,15 @@ def _shown(value: float, unit: str) -> str:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target whose group ran: what it asks, the value measured, and whether it was met."""
+    """Each target whose group ran: what it asks, the value measured, and whether it was met.
+
+    ``met`` is None in a quick run: its sizes are too small for a verdict.
+    """
     marks: list[dict[str, Any]] = []
+    quick = results["settings"]["quick"]
 
     def mark(name: str, value: float, limit: float, unit: str, *, at_least: bool = False) -> None:
-        met = value >= limit if at_least else value <= limit
+        met = None if quick else (value >= limit if at_least else value <= limit)
         rule = f"{'>=' if at_least else '<='} {_shown(limit, unit).lstrip('+')}"
         marks.append({"target": name, "value": value, "shown": _shown(value, unit), "rule": rule, "met": met})
 
@@ -206,6 +220,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for loop, rows in results.get("depth", {}).items():
         hq_rows = [r for r in rows if r["name"] == _depth.HYBRID]
         first, last = hq_rows[0], hq_rows[-1]
+        if first is last:
+            continue  # one depth only: the ratio would be a drain time over itself
         ratio = last["drain_us_per_task"] / first["drain_us_per_task"]
         mark(f"drain cost at depth {last['depth']:,} vs {first['depth']:,} ({loop})", ratio, 2.0, "x")
     for loop, rows in results.get("latency", {}).items():
@@ -249,6 +265,8 @@ def print_results(results: dict[str, Any]) -> None:
         f"hybrid_queue {meta['hybrid_queue']} ({commit}) on Python {meta['python']}, {meta['cpus']} CPUs, "
         f"{meta['platform']}; uvloop {meta['uvloop']}, aiojobs {meta['aiojobs']}"
     )
+    if settings["quick"]:
+        print(QUICK_NOTE)
     print(f"throughput groups: {meta['timed_span']}")
     for group, by_loop in results.get("throughput", {}).items():
         for loop, rows in by_loop.items():
@@ -270,10 +288,11 @@ def print_results(results: dict[str, Any]) -> None:
         print()
         print(_scale_out_text(results["scale_out"], settings["rounds"]))
     print()
-    print("== targets (marks, not assertions)")
+    print("== targets (values only)" if settings["quick"] else "== targets (marks, not assertions)")
     width = max((len(m["target"]) for m in results["targets"]), default=0)
     for m in results["targets"]:
-        print(f"{'pass' if m['met'] else 'MISS'}  {m['target'].ljust(width)}  {m['shown']:>12}  (target {m['rule']})")
+        line = f"{m['target'].ljust(width)}  {m['shown']:>12}  (target {m['rule']})"
+        print(line if m["met"] is None else f"{'pass' if m['met'] else 'MISS'}  {line}")
 
 
 def write_json(results: dict[str, Any], out: Path) -> Path:

@@ -82,10 +82,23 @@ class PriorityHeap(Generic[T]):
         return None
 
     def remove(self, ticket: int) -> None:
-        """Drop the entry with ``ticket``; it must be live in this heap."""
-        del self._items[ticket]
-        stale = len(self._keys) - len(self._items)
-        if stale > _COMPACT_FLOOR and stale > _COMPACT_FACTOR * len(self._items):
+        """Drop the entry with ``ticket``; it must be live in this heap.
+
+        O(1) amortized. Memory follows: the list and the table are rebuilt
+        to the live size once removed keys outnumber live ones, and given
+        back whole when the last live entry goes, with no pop needed.
+        """
+        items = self._items
+        del items[ticket]
+        live = len(items)
+        if not live:
+            # As in take(): replaced, not cleared, so the table a burst grew
+            # goes too (and clear() would do no better for the list).
+            self._items = {}
+            self._keys = []
+            return
+        stale = len(self._keys) - live
+        if stale > _COMPACT_FLOOR and stale > _COMPACT_FACTOR * live:
             self._compact()
 
     def drain(self) -> list[T]:
@@ -96,5 +109,9 @@ class PriorityHeap(Generic[T]):
         return items
 
     def _compact(self) -> None:
-        # The live keys in ascending order already form a valid heap.
+        # The live keys in ascending order already form a valid heap. The
+        # table is copied too: a dict never shrinks its own, and a copy of
+        # one with deleted entries is sized for the live ones. Both are
+        # O(live) and follow more than `live` removals: O(1) per removal.
         self._keys = sorted(self._items)
+        self._items = dict(self._items)

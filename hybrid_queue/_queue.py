@@ -7,7 +7,9 @@ import concurrent.futures
 import functools
 import inspect
 import logging
+import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Sized
 from types import TracebackType
@@ -22,7 +24,7 @@ from ._scheduler import Scheduler
 from ._stats import QueueStats
 from ._store import ResultStore
 from ._task import Task, TaskFuture, TaskHandle, TaskResult, TaskStatus, fill_record
-from ._validate import check_int, check_max_retries, check_task_id, check_timeout, is_coroutine_function, is_plain_id
+from ._validate import check_int, check_max_retries, check_task_id, check_timeout, is_coroutine_function
 from ._workers import Runner, _shut
 
 __all__ = ["HybridQueue"]
@@ -33,9 +35,11 @@ Ts = TypeVarTuple("Ts")
 
 logger = logging.getLogger("hybrid_queue")
 
-# How long shutdown waits for cancelled coroutine handlers to unwind before
-# it gives up on them (a handler that swallows CancelledError and hangs).
-_UNWIND_GRACE = 5.0
+# Where the scheduler's lock is taken: a frame of this file on the stack of
+# the thread that calls shutdown_blocking means it re-entered the queue (a
+# signal handler that interrupted submit_blocking or stats, say), perhaps
+# with the lock held.
+_SCHEDULER_FILE = sys.modules[Scheduler.__module__].__file__
 
 
 class HybridQueue:
@@ -50,7 +54,9 @@ class HybridQueue:
     3 retries by default). Finished tasks leave a :class:`TaskResult` that
     lives ``result_ttl`` seconds, at most ``max_results`` of them, oldest
     evicted first. ``max_queue_size`` bounds the tasks waiting for a worker
-    (0: unbounded).
+    (0: unbounded). ``unwind_grace`` is how long shutdown waits for a
+    cancelled coroutine handler to unwind before it abandons it (one that
+    catches ``CancelledError`` and goes on).
 
     Construct it in any thread. Unless stated otherwise, ``async`` methods
     must be awaited on the loop the queue runs on, and the other methods are
@@ -67,12 +73,15 @@ class HybridQueue:
         max_results: int = 10_000,
         executor: concurrent.futures.Executor | Callable[[], concurrent.futures.Executor] | None = None,
         clock: Clock | None = None,
+        unwind_grace: float = 5.0,
     ) -> None:
         check_int("workers", workers, minimum=1)
         check_int("max_queue_size", max_queue_size, minimum=0)
         check_int("max_results", max_results, minimum=1)
         ttl = check_timeout("result_ttl", result_ttl, optional=False)
         assert ttl is not None
+        grace = check_timeout("unwind_grace", unwind_grace, optional=False)
+        assert grace is not None
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         factory: Callable[[], concurrent.futures.Executor] | None = None
@@ -113,6 +122,13 @@ class HybridQueue:
         self._lifecycle = "new"
         self._closing: asyncio.Task[None] | None = None  # the one shutdown, once begun
         self._background: LoopThread | None = None
+        self._unwind_grace = grace
+        # Serializes shutdown_blocking callers: the first one shuts down and
+        # stops the background loop; the others find it stopped. Reentrant,
+        # for a signal handler that interrupts a shutdown_blocking call.
+        self._blocking_shutdown = threading.RLock()
+        # Loop thread only: shutdowns asked for by request_shutdown.
+        self._requests: set[asyncio.Task[None]] = set()
         attach = getattr(clock, "_attach", None)
         if attach is not None:  # a FakeClock: its sleep() waits for this queue to be quiet
             attach(self)
@@ -173,6 +189,9 @@ class HybridQueue:
         self._bind(loop)
         self._sched.stop_accepting()
         if not wait or cancel_pending or self._lifecycle == "new":
+            # No new attempt either: a running task that fails now ends
+            # FAILED, instead of a retry that would be cancelled at once.
+            self._sched.stop_retrying()
             # A queue that never started cannot drain: nothing would run.
             self._cancel(TaskStatus.PENDING, TaskStatus.RETRY_WAIT)
         if not wait:
@@ -200,9 +219,13 @@ class HybridQueue:
                         await self._sched.wait_idle()
                 except TimeoutError:
                     logger.debug("shutdown timeout of %s s reached; cancelling what is left", timeout)
+                    self._sched.stop_retrying()
                     self._cancel()
-            if not await self._runner.close(_UNWIND_GRACE):
-                logger.warning("a coroutine handler ignored cancellation for %s s; abandoned it", _UNWIND_GRACE)
+            if not await self._runner.close(self._unwind_grace):
+                logger.warning(
+                    "a coroutine handler ignored cancellation for %s s (unwind_grace); abandoned it",
+                    self._unwind_grace,
+                )
             idle = self._sched.stats().busy_workers == 0
             self._sched.close()
             await self._shutdown_executor(wait and idle)
@@ -275,31 +298,124 @@ class HybridQueue:
 
         Call from any thread but the queue's loop thread (there, ``await
         shutdown()``). Stops the background loop of ``start_background``.
+        Several threads may call it at once: each returns once the one
+        shutdown is done.
+
+        If the queue's loop has ended without a shutdown (``asyncio.run``
+        returned), what the queue owns is released here: every unfinished
+        task is cancelled (their futures settled) and the owned pool shut
+        down. In a forked child of the process that started the queue it
+        returns at once: nothing of the parent's is the child's to stop.
+
+        Not from a signal handler (use ``request_shutdown``): one that
+        interrupted this thread inside the queue raises RuntimeError here
+        instead of waiting for a lock that its own thread holds.
         """
+        timeout = check_timeout("timeout", timeout)
+        if self._sched.forked:
+            return
+        _refuse_reentry("shutdown_blocking")
         loop = self._sched.loop
         if threading.get_ident() == self._sched.loop_thread and loop is not None and not loop.is_closed():
             raise RuntimeError(
                 "shutdown_blocking() was called on the queue's event loop thread; use `await queue.shutdown()`"
             )
-        try:
-            if self._lifecycle != "stopped":  # idempotent; the loop it ran on may be gone
+        with self._blocking_shutdown:
+            try:
+                if self._lifecycle == "stopped":  # idempotent; the loop it ran on may be gone
+                    return
                 if loop is None:
                     # Never bound to a loop: only submit_blocking tasks can be
                     # here; settle them on a loop of our own.
                     self._background = LoopThread()
                     self._background.start()
                     loop = self._background.loop
+                elif loop.is_closed() or not loop.is_running():
+                    self._release_without_loop(wait)
+                    return
                 shutdown = self.shutdown(wait, cancel_pending, timeout)
                 try:
                     asyncio.run_coroutine_threadsafe(shutdown, loop).result()
                 except RuntimeError:
-                    shutdown.close()  # the loop is closed: it never ran
-                    raise
-        finally:
-            # Even if the queue was shut down by other means, stop our loop.
-            if self._background is not None:
-                self._background.stop()
-                self._sched.unbind_thread()
+                    shutdown.close()  # the loop closed meanwhile: it never ran
+                    self._release_without_loop(wait)
+            finally:
+                # Even if the queue was shut down by other means, stop our loop.
+                if self._background is not None:
+                    self._background.stop()
+                    self._sched.unbind_thread()
+
+    def _release_without_loop(self, wait: bool) -> None:
+        # The loop ended without a shutdown: nothing runs there any more, so
+        # this thread settles what is left. Handles of coroutine callers
+        # belong to the dead loop and stay as they are; futures of
+        # submit_blocking callers are settled (cancelled).
+        self._sched.stop_accepting()
+        self._sched.stop_retrying()
+        self._cancel()
+        executor = self._runner.take_executor()
+        if executor is not None:
+            _shut(executor, wait=wait)
+        self._lifecycle = "stopped"
+        logger.debug("queue stopped after its event loop ended")
+
+    def request_shutdown(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> bool:
+        """Ask the queue to shut down, and return at once; safe in a signal handler.
+
+        Schedules ``shutdown(wait, cancel_pending, timeout)`` on the queue's
+        loop and returns True, or returns False when the queue has no loop
+        that could run it (never started, or its loop is closed). It takes
+        no lock and never blocks, so a handler of SIGINT or SIGTERM may call
+        it whatever the interrupted thread was doing; submits are refused
+        from the moment the shutdown begins on the loop. Then wait for the
+        end with ``shutdown_blocking()`` (it waits for the same shutdown) or
+        ``await shutdown()``. Any thread, signal handlers included.
+        """
+        timeout = check_timeout("timeout", timeout)
+        loop = self._sched.loop
+        if loop is None or self._sched.forked:
+            return False
+        try:
+            # No lock taken here: call_soon_threadsafe appends to the loop's
+            # queue of callbacks and writes a byte to wake it.
+            loop.call_soon_threadsafe(self._begin_requested_shutdown, wait, cancel_pending, timeout)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    def _begin_requested_shutdown(self, wait: bool, cancel_pending: bool, timeout: float | None) -> None:
+        # Loop thread. Kept until done: a task nobody references may vanish.
+        task = asyncio.ensure_future(self.shutdown(wait, cancel_pending, timeout))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    def __del__(self) -> None:
+        # Like an unclosed event loop: warn, and let go of the threads the
+        # queue owns. No lock is taken here: a collection can run this on a
+        # thread that holds the scheduler's lock.
+        if getattr(self, "_lifecycle", "new") == "new" or self._sched.forked:
+            return
+        background, executor = self._background, None
+        if self._lifecycle == "running":
+            warnings.warn(
+                f"unclosed HybridQueue with {self._sched.workers} workers was dropped while running; "
+                "call shutdown() or shutdown_blocking(), or use `async with` / `with`",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+            executor = self._runner.take_executor()
+        loop = background.loop if background is not None else self._sched.loop
+        try:
+            if loop is None or loop.is_closed():
+                raise RuntimeError("loop closed")
+            if executor is not None:
+                loop.call_soon_threadsafe(_shut, executor, False)
+            if background is not None:
+                loop.call_soon_threadsafe(loop.stop)  # the loop thread cleans up and ends
+        except RuntimeError:
+            if executor is not None:
+                _shut(executor, wait=False)
 
     def __enter__(self) -> HybridQueue:
         self.start_background()
@@ -741,6 +857,21 @@ class HybridQueue:
         """
         if not self._sched.remove_listener(listener):
             raise ValueError(f"{listener!r} is not a listener of this queue; add_listener() it first")
+
+
+def _refuse_reentry(method: str) -> None:
+    # A signal handler runs on top of the frames it interrupted: if one of
+    # them is the scheduler's, this thread may hold its lock, and blocking
+    # until the shutdown takes it would never end.
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename == _SCHEDULER_FILE:
+            raise RuntimeError(
+                f"{method}() was called while this thread is inside the queue (a signal handler that "
+                "interrupted submit_blocking() or stats()?), where blocking would deadlock; from signal "
+                "handlers call queue.request_shutdown(), which returns at once"
+            )
+        frame = frame.f_back  # type: ignore[assignment]
 
 
 def _no_loop(method: str) -> RuntimeError:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from itertools import count
 from typing import Any
@@ -65,8 +66,19 @@ def _note_main_thread() -> None:
     _MAIN_THREAD = threading.main_thread().ident
 
 
+# Every scheduler that ever started; a forked child disowns them (see
+# Scheduler._disown_after_fork).
+_STARTED: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    _note_main_thread()
+    for scheduler in list(_STARTED):
+        scheduler._disown_after_fork()
+
+
 if hasattr(os, "register_at_fork"):  # runs after threading's own hook, which names the new main thread
-    os.register_at_fork(after_in_child=_note_main_thread)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Scheduler:
@@ -116,6 +128,11 @@ class Scheduler:
         self._free = workers
         self._started = False
         self._accepting = True
+        # False once shutdown cancels what waits: a failure then ends its task.
+        self._retry_allowed = True
+        # Set in a forked child: the loop and threads this state belongs to
+        # are in the parent, so nothing here can run any more.
+        self._forked = False
         self._auto_ids = count(1)
         self._chosen_ids = False  # a caller has used a task_id that is not a str
         self._submitted = self._running = self._retrying = 0
@@ -369,6 +386,11 @@ class Scheduler:
 
     def _refusal(self, why: str, task_id: Hashable, batch: int = 1) -> Exception:
         if why == "closed":
+            if self._forked:
+                return QueueShutDown(
+                    "this HybridQueue was started in the parent process and cannot run tasks in a forked "
+                    "child (its event loop and threads are the parent's); make a new HybridQueue in the child"
+                )
             if self._accepting:
                 return QueueShutDown(
                     "the queue's event loop is closed (it ended without shutdown()); submit to a new queue"
@@ -452,6 +474,7 @@ class Scheduler:
 
     def start(self) -> None:
         """Begin dispatching: claim a slot for each waiting task, up to ``workers``."""
+        _STARTED.add(self)
         with self.lock:
             self._started = True
             claimed = self._claim_locked()
@@ -597,7 +620,7 @@ class Scheduler:
         # Returns the retry delay, or -1.0 when the failure is final. The
         # caller logs the retry after releasing the lock (logging runs
         # handlers and filters: user code).
-        if task._retry_count >= task._max_retries or not self.policy.is_retryable(error):
+        if task._retry_count >= task._max_retries or not self._retry_allowed or not self.policy.is_retryable(error):
             return -1.0
         delay = self.policy.get_delay(task._retry_count)
         task._retry_count += 1
@@ -822,6 +845,26 @@ class Scheduler:
                 self._defer_locked(self._wake_loop_putters)
             return True
 
+    def stop_retrying(self) -> None:
+        """From now on a failed attempt ends its task (FAILED) instead of scheduling a retry."""
+        with self.lock:
+            self._retry_allowed = False
+
+    def _disown_after_fork(self) -> None:
+        # In a forked child, where only the forking thread exists: the lock
+        # may have been held by a thread that is gone, so it is replaced
+        # (nothing else runs yet), and every submit is refused from now on.
+        self.lock = threading.Lock()
+        self._held = _Held(self.lock)
+        self._room = threading.Condition(self.lock)
+        self._accepting = False
+        self._forked = True
+
+    @property
+    def forked(self) -> bool:
+        """True in a forked child of the process that started this scheduler."""
+        return self._forked
+
     async def wait_idle(self) -> None:
         """Return once no task is live and every slot is free. Loop only."""
         assert self.loop is not None
@@ -1044,7 +1087,7 @@ def _same_method(a: object, b: object) -> bool:
     if self_a is None or self_a is not self_b:
         return False
     if type(a) is type(b) is types.BuiltinMethodType:
-        return a.__name__ == b.__name__  # type: ignore[attr-defined]
+        return a.__name__ == b.__name__
     return getattr(a, "__func__", None) is getattr(b, "__func__", None) is not None
 
 

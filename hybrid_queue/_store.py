@@ -1,4 +1,4 @@
-"""The result store: finished tasks' results, expired by age and bounded by count.
+"""The result store: finished tasks' results, expired by age and bounded by count and bytes.
 
 A plain data structure: no lock, no timers. Its owner (the scheduler) holds
 its lock around every call and arms one timer for ``next_expiry``.
@@ -8,13 +8,34 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable
+from types import MethodDescriptorType
 from typing import Any
 
 from ._task import TaskResult
 
-__all__ = ["ResultStore"]
+__all__ = ["ResultStore", "shallow_size"]
 
 _NONE: list[Any] = []  # shared "nothing evicted"; never mutated
+_object_sizeof = object.__sizeof__
+
+
+def shallow_size(value: object) -> int:
+    """The size in bytes of ``value`` itself: its ``__sizeof__``, if written in C, else its basic size.
+
+    Shallow: a container counts its own size (for a list, its array of
+    pointers), not its items'; bytes, str and numpy arrays that own their
+    data count it. This is ``sys.getsizeof(value)`` without the garbage
+    collector's header on containers, and faster (no bound method is made).
+    A ``__sizeof__`` written in Python (pandas objects have one) is not
+    called: the store runs under its owner's lock, where user code must not
+    run, so such an object counts ``object.__sizeof__(value)``.
+    """
+    sizeof = type(value).__sizeof__
+    # Builtin and C-extension types define __sizeof__ in C: a method descriptor.
+    if type(sizeof) is MethodDescriptorType:
+        size: int = sizeof(value)
+        return size
+    return _object_sizeof(value)
 
 
 class ResultStore:
@@ -26,6 +47,14 @@ class ResultStore:
     bound evicts the result closest to expiry. Reading a result does not
     extend its life.
 
+    ``max_bytes`` (None: no bound) bounds the total of the stored results'
+    sizes, each estimated once, when stored, by ``shallow_size(result.result)``:
+    shallow, so a list of large items counts little more than its pointers.
+    Past it, the oldest results are evicted as for ``max_results``. The
+    newest result is always kept: one larger than the whole budget evicts
+    every older result and is stored alone, so that its task's result can
+    still be read back, as with ``max_results=1``.
+
     What the store lets go of may run user code (a result's or an id's
     ``__del__``): results come back from the calls that drop them, and what
     may hold the last reference to an id is appended to ``released``, a list
@@ -35,21 +64,29 @@ class ResultStore:
     __slots__ = (
         "_expires",
         "_ids",
+        "_nbytes",
         "_results",
+        "_sizes",
         "_stale",
         "_stale_slots",
         "_times",
+        "max_bytes",
         "max_results",
         "released",
         "ttl",
     )
 
-    def __init__(self, ttl: float, max_results: int) -> None:
+    def __init__(self, ttl: float, max_results: int, *, max_bytes: int | None = None) -> None:
         self.ttl = ttl
         self.max_results = max_results
-        # Each stored result and its expiry time, by id.
+        self.max_bytes = max_bytes
+        # Each stored result, its expiry time and its size as it was stored
+        # (a result may grow later; dropping it subtracts what was added), by
+        # id. _nbytes is the sum of _sizes; the three dicts share their keys.
         self._results: dict[Hashable, TaskResult[Any]] = {}
         self._expires: dict[Hashable, float] = {}
+        self._sizes: dict[Hashable, int] = {}
+        self._nbytes = 0
         # One slot per add(), oldest first: the id and a time, in two deques
         # so that storing a result makes no object for the garbage collector
         # to track (this runs once per task). Invariants:
@@ -79,29 +116,48 @@ class ResultStore:
     def __contains__(self, task_id: Hashable) -> bool:
         return task_id in self._results
 
+    @property
+    def nbytes(self) -> int:
+        """The total size of the stored results, as estimated when each was stored."""
+        return self._nbytes
+
     def add(self, result: TaskResult[Any], now: float) -> list[TaskResult[Any]]:
-        """Store ``result``; return the older results the size bound evicted.
+        """Store ``result``; return the older results the count and byte bounds evicted, oldest first.
 
         Evicted and expired results are returned rather than dropped, so the
         owner can let go of them after releasing its lock: a result's
-        ``__del__`` is user code.
+        ``__del__`` is user code. ``result`` itself is never evicted.
         """
         task_id = result.task_id
         results = self._results
+        # shallow_size(result.result), inlined: this runs once per task.
+        value = result.result
+        sizeof = type(value).__sizeof__
+        size: int = sizeof(value) if type(sizeof) is MethodDescriptorType else _object_sizeof(value)
         if task_id in results:
             # A reused id (its old result expired but not yet swept): the old
             # slot goes stale and the new one at the back sets its expiry.
+            # The old result is replaced here, not returned: the owner
+            # discards it first (see the scheduler's _accept_locked).
+            self._nbytes -= self._sizes[task_id]
             self._go_stale(task_id)
         expires_at = now + self.ttl
         results[task_id] = result
         self._expires[task_id] = expires_at
+        self._sizes[task_id] = size
+        self._nbytes += size
         times = self._times
         self._ids.append(task_id)
         times.append(expires_at if not times or times[-1] <= expires_at else times[-1])
-        if len(results) <= self.max_results:
+        max_bytes = self.max_bytes
+        if len(results) <= self.max_results and (max_bytes is None or self._nbytes <= max_bytes):
             return _NONE
         evicted = []
-        while len(results) > self.max_results:
+        # The newest result's slot is the last: while another result is
+        # left, the front slot is an older one's (or stale).
+        while len(results) > self.max_results or (
+            max_bytes is not None and self._nbytes > max_bytes and len(results) > 1
+        ):
             oldest = self._pop_front()
             if oldest is not None:
                 evicted.append(oldest)
@@ -119,6 +175,7 @@ class ResultStore:
         result = self._results.pop(task_id, None)
         if result is not None:
             del self._expires[task_id]
+            self._nbytes -= self._sizes.pop(task_id)
             self._go_stale(task_id)
         return result
 
@@ -149,6 +206,8 @@ class ResultStore:
         self.released.append(self._ids)
         self._results = {}
         self._expires = {}
+        self._sizes = {}
+        self._nbytes = 0
         self._ids = deque()
         self._times = deque()
         self._stale = {}
@@ -160,6 +219,7 @@ class ResultStore:
         self._times.popleft()
         if task_id not in self._stale:
             del self._expires[task_id]
+            self._nbytes -= self._sizes.pop(task_id)
             return self._results.pop(task_id)
         self._one_stale_gone(task_id)
         self._stale_slots -= 1

@@ -1,14 +1,17 @@
 """The benchmark suite runs end to end in quick mode; its exactly-once checks pass and fail loudly.
 
-Timings are never asserted: in quick mode they mean nothing. Skipped when
-the `bench` extra (uvloop, aiojobs, psutil, matplotlib, tqdm) is not installed.
+Timings are never asserted, nor judged in the output: in quick mode they mean
+nothing. Skipped when the `bench` extra (uvloop, aiojobs, psutil, matplotlib,
+tqdm) is not installed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +53,34 @@ def test_quick_run_checks_every_contender_and_writes_json(tmp_path: Path, capsys
     assert results["targets"], "no target was evaluated"
     for png in ("coroutine", "sync", "workers", "depth", "latency", "soak"):
         assert (tmp_path / f"{png}.png").stat().st_size > 0, png
-    assert "== targets" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "== targets" in out
+    _assert_no_verdicts(out, results["targets"])
+    _assert_no_self_comparison(out, results["targets"])
+
+
+_RATIO = re.compile(r"\d\.\d\dx")
+
+
+def _assert_no_verdicts(out: str, marks: list[dict[str, Any]]) -> None:
+    # Quick timings mean nothing: no target is judged, in the output or the JSON.
+    assert out.count("quick run: sizes too small for verdicts") == 1
+    verdicts = re.findall(r"^(?:pass|MISS)\b.*$", out, re.MULTILINE)
+    assert not verdicts, verdicts
+    assert "MISS" not in out
+    assert [m for m in marks if m["met"] is not None] == []
+
+
+def _assert_no_self_comparison(out: str, marks: list[dict[str, Any]]) -> None:
+    # A reference row shows no ratio (it would be its own figure over itself).
+    refs = [line for line in out.splitlines() if "[ref" in line and _RATIO.search(line)]
+    assert not refs, refs
+    # The quick run has one queue depth: no drain ratio of a depth against itself.
+    depth_tables = [block for block in out.split("\n\n") if block.startswith("== depth group")]
+    assert depth_tables
+    assert not [block for block in depth_tables if _RATIO.search(block)], depth_tables
+    same = [m["target"] for m in marks if re.search(r"\b([\d,]+) vs \1\b", m["target"])]
+    assert not same, same
 
 
 def test_tally_fails_loudly_on_a_lost_and_a_doubled_task() -> None:

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-import hybrid_queue._queue
 from hybrid_queue import HybridQueue, QueueShutDown, RetryPolicy, TaskStatus
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -256,7 +255,7 @@ async def test_coroutine_swallowing_cancel_at_shutdown_timeout(make_queue, caplo
     await started.wait()
     t0 = time.monotonic()
     await shut_down(q, timeout=0.05)
-    assert time.monotonic() - t0 < 1.0  # nowhere near _UNWIND_GRACE (5 s)
+    assert time.monotonic() - t0 < 1.0  # nowhere near the default unwind_grace (5 s)
     assert h.cancelled() and waiting.cancelled()
     assert q.stats().cancelled == 2 and q.stats().busy_workers == 0
     assert not queue_tasks()
@@ -271,14 +270,13 @@ async def test_coroutine_swallowing_cancel_then_hanging(make_queue, monkeypatch,
     The task is CANCELLED when the queue cancels it (by ``cancel_task`` or by
     shutdown); the handler keeps its worker slot, so a task waiting behind
     it cannot start. ``shutdown(timeout=...)`` and ``shutdown(wait=False)``
-    cancel what is left, give the stuck worker ``_UNWIND_GRACE`` seconds,
+    cancel what is left, give the stuck worker ``unwind_grace`` seconds,
     then cancel the worker itself, log a WARNING that it abandoned the
     handler, and return. The second cancel ends this handler, so the worker
     is gone and the slot free right after. (A plain ``shutdown()`` would
     drain, i.e. wait for the slot, for ever: give it a timeout.)
     """
-    monkeypatch.setattr(hybrid_queue._queue, "_UNWIND_GRACE", 0.1)
-    q = await make_queue(1)
+    q = await make_queue(1, unwind_grace=0.1)
     started = asyncio.Event()
     swallowed = []
 

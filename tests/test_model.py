@@ -110,6 +110,7 @@ class Probe:
         self.frozen_starts: int | None = None  # cancelled while certainly waiting: starts stay at this
         self.must_cancel = False  # shutdown must cancel it
         self.must_not_cancel = False  # nothing may cancel it (we did not, and the queue drains it)
+        self.no_new_attempts = False  # a shutdown that cancels began: a failure is final
         self.last_key: tuple[int, int] = (0, -1)
         self.terminal: TaskStatus | None = None
 
@@ -178,7 +179,14 @@ class Probe:
             return list(self._resolutions)
 
     def expected(self) -> tuple[str, int]:
-        """The outcome and number of attempts the plan leads to, if nothing cancels the task."""
+        """The outcome and number of attempts the plan leads to, if nothing cancels the task.
+
+        Once a shutdown that cancels began, no new attempt starts: the task
+        ends with the outcome of the last attempt that started.
+        """
+        if self.no_new_attempts:
+            starts, _ = self.counts()
+            return ("completed" if starts > self.fail_times else "failed"), starts
         if self.fail_times <= self.max_retries:
             return "completed", self.fail_times + 1
         return "failed", self.max_retries + 1
@@ -501,6 +509,9 @@ class QueueMachine(RuleBasedStateMachine):
         async def end(task: asyncio.Task[None]) -> None:
             await task
 
+        if mode != "drain":
+            for p in self.probes:
+                p.no_new_attempts = True
         event(f"shutdown {mode}: {len(waiting)} certainly waiting, {len(occupants)} occupants")
         shutting = self._run(begin())
         self.shutdown_mode = mode

@@ -172,7 +172,10 @@ def test_queue_whose_loop_ended_without_shutdown_refuses_new_tasks():
     with pytest.raises(QueueShutDown, match="event loop is closed"):
         q.submit_blocking(abs, -1)
     assert_identity(q)
-    q._executor.shutdown()
+    # The loop is gone: shutdown_blocking releases the owned pool itself.
+    pool = q._executor
+    q.shutdown_blocking()
+    assert pool is not None and pool._shutdown  # type: ignore[attr-defined]
 
 
 async def test_class_with_async_call_is_a_sync_handler(make_queue):

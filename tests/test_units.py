@@ -131,6 +131,34 @@ def test_heap_gives_back_its_table_once_empty():
     assert h._keys == []
 
 
+def test_heap_gives_back_its_table_when_the_last_entry_is_removed():
+    # A cancelled burst: no pop comes to sweep the removed keys.
+    h: PriorityHeap[int] = PriorityHeap()
+    empty_size = sys.getsizeof(h._items)
+    tickets = [h.push(i % 5, i) for i in range(10_000)]
+    for ticket in tickets:
+        h.remove(ticket)
+    assert len(h) == 0
+    assert sys.getsizeof(h._items) == empty_size
+    assert h._keys == []
+    assert h.take() is None
+    h.push(0, 1)  # still usable afterwards
+    assert h.pop() == 1
+
+
+def test_heap_compaction_shrinks_the_table_too():
+    h: PriorityHeap[int] = PriorityHeap()
+    tickets = [h.push(0, i) for i in range(10_000)]
+    peak = sys.getsizeof(h._items)
+    for ticket in tickets[:-10]:
+        h.remove(ticket)
+    assert len(h) == 10
+    assert sys.getsizeof(h._items) < peak / 10
+    assert len(h._keys) <= 2 * (10 + heap_module._COMPACT_FLOOR)
+    assert [h.pop() for _ in range(10)] == list(range(9_990, 10_000))
+    assert len(h) == 0
+
+
 def test_heap_drain_returns_live_items_in_order_and_empties():
     h: PriorityHeap[str] = PriorityHeap()
     h.push(1, "a")
@@ -366,30 +394,39 @@ def test_store_hands_over_the_ids_it_lets_go_of():
     assert len(store._ids) == 0
 
 
-def _store_model_ops() -> st.SearchStrategy[list[tuple[str, Any, float]]]:
+def _store_model_ops() -> st.SearchStrategy[list[tuple[str, Any, float, int]]]:
     # 1, 1.0 and True are one id to a dict, three objects to the store.
     ids = st.sampled_from(["a", "b", "c", 1, 1.0, True])
     step = st.sampled_from([0.0, 0.5, 3.0, 12.0])
     op = st.sampled_from(["add", "discard", "get", "expire", "next_expiry", "clear"])
-    return st.lists(st.tuples(op, ids, step), max_size=80)
+    # The length of an added result's bytes value.
+    length = st.sampled_from([0, 40, 150])
+    return st.lists(st.tuples(op, ids, step, length), max_size=80)
 
 
 @deterministic
-@given(_store_model_ops(), st.integers(min_value=1, max_value=3))
-def test_store_matches_a_list_model(ops, max_results):
-    # The model: (id, expires_at, result) in insertion order, re-adding an id
-    # moves it to the back; what the store did before it gave up its
-    # OrderedDict of (expires_at, result) entries.
-    store = ResultStore(ttl=10.0, max_results=max_results)
-    model: list[tuple[Any, float, TaskResult[Any]]] = []
+@given(_store_model_ops(), st.integers(min_value=1, max_value=3), st.sampled_from([None, 100, 300]))
+def test_store_matches_a_list_model(ops, max_results, max_bytes):
+    # The model: (id, expires_at, result, size) in insertion order, re-adding
+    # an id moves it to the back; what the store did before it gave up its
+    # OrderedDict of (expires_at, result) entries. The byte bound evicts the
+    # oldest while the total is over and another result than the new one is left.
+    store = ResultStore(ttl=10.0, max_results=max_results, max_bytes=max_bytes)
+    model: list[tuple[Any, float, TaskResult[Any], int]] = []
     now = 0.0
-    for op, task_id, step in ops:
+    for op, task_id, step, length in ops:
         now += step
         if op == "add":
-            result = TaskResult(task_id, TaskStatus.COMPLETED)
-            model = [entry for entry in model if entry[0] != task_id] + [(task_id, now + 10.0, result)]
-            evicted = [entry[2] for entry in model[: max(0, len(model) - max_results)]]
-            del model[: len(evicted)]
+            value = b"x" * length
+            result = TaskResult(task_id, TaskStatus.COMPLETED, result=value)
+            model = [entry for entry in model if entry[0] != task_id] + [
+                (task_id, now + 10.0, result, sys.getsizeof(value))
+            ]
+            evicted = []
+            while len(model) > max_results or (
+                max_bytes is not None and sum(entry[3] for entry in model) > max_bytes and len(model) > 1
+            ):
+                evicted.append(model.pop(0)[2])
             assert store.add(result, now) == evicted
         elif op == "discard":
             found = [entry[2] for entry in model if entry[0] == task_id]
@@ -407,6 +444,7 @@ def test_store_matches_a_list_model(ops, max_results):
             store.clear()
         else:
             assert store.next_expiry() == (model[0][1] if model else None)
+        assert store.nbytes == sum(entry[3] for entry in model)
         assert len(store) == len(model)
         assert all(entry[0] in store for entry in model)
         # Every slot is live or counted stale, and an id's stale slots come before its live one.
