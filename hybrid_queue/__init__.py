@@ -8,6 +8,9 @@ thread, calls ``queue.submit_blocking(...)`` and gets a
 import logging as _logging
 
 from ._clock import Clock as Clock
+from ._context import TaskContext as TaskContext
+from ._context import current_task as current_task
+from ._errors import CallError as CallError
 from ._errors import DuplicateTaskError as DuplicateTaskError
 from ._errors import QueueError as QueueError
 from ._errors import QueueFull as QueueFull
@@ -15,6 +18,7 @@ from ._errors import QueueShutDown as QueueShutDown
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._events import EventKind as EventKind
 from ._events import TaskEvent as TaskEvent
+from ._interrupt import TaskInterrupted as TaskInterrupted
 from ._queue import HybridQueue as HybridQueue
 from ._retry import RetryPolicy as RetryPolicy
 from ._stats import QueueStats as QueueStats
@@ -30,6 +34,7 @@ __version__ = "0.1.0"
 _logging.getLogger("hybrid_queue").addHandler(_logging.NullHandler())
 
 __all__ = (
+    "CallError",
     "Clock",
     "DuplicateTaskError",
     "EventKind",
@@ -39,11 +44,14 @@ __all__ = (
     "QueueShutDown",
     "QueueStats",
     "RetryPolicy",
+    "TaskContext",
     "TaskEvent",
     "TaskFuture",
     "TaskHandle",
+    "TaskInterrupted",
     "TaskResult",
     "TaskStatus",
     "UnknownTaskError",
     "__version__",
+    "current_task",
 )

@@ -9,6 +9,7 @@ keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "CallError",
     "DuplicateTaskError",
     "QueueError",
     "QueueFull",
@@ -31,6 +32,16 @@ class QueueFull(QueueError):
 
 class DuplicateTaskError(QueueError, ValueError):
     """Raised when a ``task_id`` is still live or still has a stored result."""
+
+
+class CallError(QueueError, TypeError):
+    """Raised (as a task's failure) when its handler cannot be called as it was submitted; never retried.
+
+    The arguments do not bind to the handler's parameters (a missing or
+    unexpected argument, a misspelt option such as ``prority=3`` that reached
+    the handler as a keyword), or a sync handler returned a coroutine or an
+    async generator. The original error, if any, is its ``__cause__``.
+    """
 
 
 class UnknownTaskError(QueueError, KeyError):

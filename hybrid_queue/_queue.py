@@ -19,6 +19,7 @@ from ._background import LoopThread
 from ._clock import Clock
 from ._errors import QueueFull
 from ._events import TaskEvent
+from ._pool import WorkerPool
 from ._retry import RetryPolicy
 from ._scheduler import Scheduler
 from ._stats import QueueStats
@@ -52,11 +53,17 @@ class HybridQueue:
     when none is given; an executor passed in is never shut down by the
     queue). Failed attempts are retried by ``retry`` (a :class:`RetryPolicy`,
     3 retries by default). Finished tasks leave a :class:`TaskResult` that
-    lives ``result_ttl`` seconds, at most ``max_results`` of them, oldest
-    evicted first. ``max_queue_size`` bounds the tasks waiting for a worker
+    lives ``result_ttl`` seconds (0: results are handed to their handles and
+    futures, never kept), at most ``max_results`` of them and at most
+    ``max_result_bytes`` of results (each result's shallow
+    ``sys.getsizeof``; None: no bound), oldest evicted first. ``max_queue_size`` bounds the tasks waiting for a worker
     (0: unbounded). ``unwind_grace`` is how long shutdown waits for a
     cancelled coroutine handler to unwind before it abandons it (one that
-    catches ``CancelledError`` and goes on).
+    catches ``CancelledError`` and goes on). With
+    ``interrupt_sync_handlers=True``, a sync handler on a thread pool whose
+    task is cancelled or times out is interrupted: :class:`TaskInterrupted`
+    is raised in its thread (pure-Python code only; C calls and blocking
+    system calls are not stopped until they return).
 
     Construct it in any thread. Unless stated otherwise, ``async`` methods
     must be awaited on the loop the queue runs on, and the other methods are
@@ -71,13 +78,17 @@ class HybridQueue:
         retry: RetryPolicy | None = None,
         result_ttl: float = 300.0,
         max_results: int = 10_000,
+        max_result_bytes: int | None = 64 * 1024 * 1024,
         executor: concurrent.futures.Executor | Callable[[], concurrent.futures.Executor] | None = None,
         clock: Clock | None = None,
         unwind_grace: float = 5.0,
+        interrupt_sync_handlers: bool = False,
     ) -> None:
         check_int("workers", workers, minimum=1)
         check_int("max_queue_size", max_queue_size, minimum=0)
         check_int("max_results", max_results, minimum=1)
+        if max_result_bytes is not None:
+            check_int("max_result_bytes", max_result_bytes, minimum=1)
         ttl = check_timeout("result_ttl", result_ttl, optional=False)
         assert ttl is not None
         grace = check_timeout("unwind_grace", unwind_grace, optional=False)
@@ -86,9 +97,9 @@ class HybridQueue:
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         factory: Callable[[], concurrent.futures.Executor] | None = None
         if executor is None:
-            factory = functools.partial(
-                concurrent.futures.ThreadPoolExecutor, workers, thread_name_prefix="hybrid_queue"
-            )
+            # The queue's own pool: daemon threads, so a handler abandoned by
+            # shutdown(timeout=...) does not hold the process at exit.
+            factory = functools.partial(WorkerPool, workers, thread_name_prefix="hybrid_queue")
         elif not isinstance(executor, concurrent.futures.Executor):
             if not callable(executor):
                 raise TypeError(
@@ -109,10 +120,12 @@ class HybridQueue:
             workers=workers,
             max_queue_size=max_queue_size,
             policy=self._policy,
-            store=ResultStore(ttl, max_results),
+            store=ResultStore(ttl, max_results, max_bytes=max_result_bytes),
             clock=clock,
         )
-        self._runner = Runner(self._sched, executor, factory)
+        if interrupt_sync_handlers is not True and interrupt_sync_handlers is not False:
+            raise TypeError(f"interrupt_sync_handlers must be True or False, got {interrupt_sync_handlers!r}")
+        self._runner = Runner(self._sched, executor, factory, interrupt_sync_handlers)
         # The last handler submitted and whether it is a coroutine function.
         # One attribute, written whole: threads submit concurrently. A weak
         # reference, so the cache never keeps a handler (or what it binds) alive.
@@ -441,6 +454,7 @@ class HybridQueue:
         task_id: Hashable | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -454,6 +468,7 @@ class HybridQueue:
         task_id: Hashable | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -468,25 +483,30 @@ class HybridQueue:
         task_id: Hashable | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
         **kwargs: Any,
     ) -> TaskHandle[Any]:
         """Queue ``fn(*args, **kwargs)`` and return its handle; waits for room in a full bounded queue.
 
-        ``priority``: higher runs first. ``task_id``: any hashable but ""
-        (default: a new int). ``max_retries``: overrides the policy's for this
-        task. ``timeout``: seconds allowed per attempt; an attempt that runs
-        longer fails with TimeoutError and is retried like any failure.
+        ``priority``: higher runs first. ``task_id``: a str, int, float,
+        bytes, UUID or a tuple of those, not "" (default: a new int).
+        ``max_retries``: overrides the policy's for this task. ``timeout``:
+        seconds allowed per attempt; an attempt that runs longer fails with
+        TimeoutError and is retried like any failure. ``keep_result=False``:
+        the outcome goes to the handle (and to ``get_result`` calls already
+        waiting) but not into the result store, for callers that await the
+        handle and never look the task up again.
 
-        The four option names are keyword-only and taken by the queue; to
+        The five option names are keyword-only and taken by the queue; to
         pass a keyword argument of the same name to the handler, bind it
         first: ``submit(functools.partial(fn, priority=p))``.
 
         Raises QueueShutDown once shutdown began, DuplicateTaskError for a
         ``task_id`` in use, TypeError/ValueError for bad arguments. Loop thread.
         """
-        is_coro, max_retries, timeout = self._check("submit", fn, priority, task_id, max_retries, timeout)
+        is_coro, max_retries, timeout = self._check("submit", fn, priority, task_id, max_retries, timeout, keep_result)
         loop = self._caller_loop("submit")
-        handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout)
+        handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout, keep_result)
         while True:
             try:
                 self._sched.add(handle, loop)
@@ -505,6 +525,7 @@ class HybridQueue:
         task_id: Hashable | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -518,6 +539,7 @@ class HybridQueue:
         task_id: Hashable | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -532,12 +554,15 @@ class HybridQueue:
         task_id: Hashable | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
         **kwargs: Any,
     ) -> TaskHandle[Any]:
         """As ``submit``, but raise QueueFull instead of waiting for room. Loop thread."""
-        is_coro, max_retries, timeout = self._check("submit_nowait", fn, priority, task_id, max_retries, timeout)
+        is_coro, max_retries, timeout = self._check(
+            "submit_nowait", fn, priority, task_id, max_retries, timeout, keep_result
+        )
         loop = self._caller_loop("submit_nowait")
-        handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout)
+        handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout, keep_result)
         self._sched.add(handle, loop)
         return handle
 
@@ -551,6 +576,7 @@ class HybridQueue:
         priority: int = 0,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
     ) -> list[TaskHandle[T]]: ...
 
     @overload
@@ -563,6 +589,7 @@ class HybridQueue:
         priority: int = 0,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
     ) -> list[TaskHandle[T]]: ...
 
     @overload
@@ -576,6 +603,7 @@ class HybridQueue:
         priority: int = 0,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
     ) -> list[TaskHandle[T]]: ...
 
     @overload
@@ -589,6 +617,7 @@ class HybridQueue:
         priority: int = 0,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
     ) -> list[TaskHandle[T]]: ...
 
     # Typed for one iterable exactly; two or more are checked only for the return type.
@@ -600,6 +629,7 @@ class HybridQueue:
         priority: int = 0,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
     ) -> list[TaskHandle[Any]]:
         """Queue ``fn(*args)`` for every ``args`` in ``zip(*iterables)``; return their handles, in order.
 
@@ -623,7 +653,9 @@ class HybridQueue:
         # Checked once, as submit() would check one task; every task shares
         # the verdict. Before the iterables are read: a refused call leaves
         # a generator passed in untouched.
-        is_coro, max_retries, timeout = self._check("submit_many", fn, priority, None, max_retries, timeout)
+        is_coro, max_retries, timeout = self._check(
+            "submit_many", fn, priority, None, max_retries, timeout, keep_result
+        )
         loop = self._caller_loop("submit_many")
         try:
             batch = list(zip(*iterables, strict=True))
@@ -644,7 +676,7 @@ class HybridQueue:
         handle = self._handle
         # An empty batch still goes to add_many, which refuses a queue that is shutting down.
         handles: list[TaskHandle[Any]] = [
-            handle(loop, None, fn, args, None, is_coro, priority, max_retries, timeout) for args in batch
+            handle(loop, None, fn, args, None, is_coro, priority, max_retries, timeout, keep_result) for args in batch
         ]
         while True:
             try:
@@ -664,6 +696,7 @@ class HybridQueue:
         task_id: Hashable | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
         **kwargs: Any,
     ) -> TaskFuture[T]: ...
 
@@ -677,6 +710,7 @@ class HybridQueue:
         task_id: Hashable | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
         **kwargs: Any,
     ) -> TaskFuture[T]: ...
 
@@ -691,6 +725,7 @@ class HybridQueue:
         task_id: Hashable | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        keep_result: bool = True,
         **kwargs: Any,
     ) -> TaskFuture[Any]:
         """As ``submit``, for sync code: returns a ``concurrent.futures.Future``.
@@ -705,8 +740,10 @@ class HybridQueue:
                 "submit_blocking() was called on the queue's event loop thread, where blocking "
                 "would deadlock; use `await queue.submit(...)` there"
             )
-        is_coro, max_retries, timeout = self._check("submit_blocking", fn, priority, task_id, max_retries, timeout)
-        task = Task(task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout)
+        is_coro, max_retries, timeout = self._check(
+            "submit_blocking", fn, priority, task_id, max_retries, timeout, keep_result
+        )
+        task = Task(task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout, keep_result)
         future: TaskFuture[Any] = TaskFuture(self)
         task._cfuture = future
         # On the thread of some other event loop, never block it: QueueFull instead.
@@ -729,6 +766,7 @@ class HybridQueue:
         task_id: Hashable | None,
         max_retries: int | None,
         timeout: float | None,
+        keep_result: bool = True,
     ) -> tuple[bool, int, float | None]:
         # All argument checks, before anything changes; returns whether fn is
         # a coroutine function, and the task's max_retries and timeout. The
@@ -745,6 +783,12 @@ class HybridQueue:
                 )
             if not callable(fn):
                 raise TypeError(f"the handler must be callable, got {fn!r}")
+            if inspect.isasyncgenfunction(fn):
+                raise TypeError(
+                    f"{method}() got an async generator function ({fn!r}), which yields values instead of "
+                    "returning one; submit an async function that collects them, e.g. "
+                    "`async def all_of(): return [x async for x in gen()]`"
+                )
             is_coro = is_coroutine_function(fn)
             # One entry: keeps only the latest handler alive.
             try:
@@ -761,6 +805,8 @@ class HybridQueue:
             check_max_retries(max_retries)
         if timeout is not None:
             timeout = check_timeout("timeout", timeout, positive=True)
+        if keep_result is not True and keep_result is not False:
+            raise TypeError(f"keep_result must be True or False, got {keep_result!r}")
         return is_coro, max_retries, timeout
 
     def _handle(
@@ -774,10 +820,11 @@ class HybridQueue:
         priority: int,
         max_retries: int,
         timeout: float | None,
+        keep_result: bool = True,
     ) -> TaskHandle[Any]:
         # A task submitted from async code: its handle is its record.
         handle: TaskHandle[Any] = TaskHandle(loop=loop)
-        fill_record(handle, task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout)
+        fill_record(handle, task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout, keep_result)
         handle._queue_ref = self
         return handle
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._bridge import LoopBridge
 from ._clock import Clock, TimerHandle
-from ._errors import DuplicateTaskError, QueueFull, QueueShutDown, UnknownTaskError
+from ._errors import CallError, DuplicateTaskError, QueueFull, QueueShutDown, UnknownTaskError
 from ._events import EventKind, TaskEvent
 from ._heap import PriorityHeap
 from ._retry import RetryPolicy
@@ -124,6 +124,7 @@ class Scheduler:
         self._held = _Held(self.lock)
         self._heap: PriorityHeap[Record] = PriorityHeap()
         self._live: dict[Hashable, Record] = {}
+        self._live_gone = 0  # entries deleted from _live since it was last copied
         self._store = store
         self._free = workers
         self._started = False
@@ -620,7 +621,12 @@ class Scheduler:
         # Returns the retry delay, or -1.0 when the failure is final. The
         # caller logs the retry after releasing the lock (logging runs
         # handlers and filters: user code).
-        if task._retry_count >= task._max_retries or not self._retry_allowed or not self.policy.is_retryable(error):
+        if (
+            task._retry_count >= task._max_retries
+            or not self._retry_allowed
+            or type(error) is CallError  # the same call would fail the same way
+            or not self.policy.is_retryable(error)
+        ):
             return -1.0
         delay = self.policy.get_delay(task._retry_count)
         task._retry_count += 1
@@ -661,10 +667,14 @@ class Scheduler:
         else:
             self._cancelled += 1
         del self._live[task._id]
-        if not self._live:
-            # A dict never shrinks its table; an empty one is free to replace,
-            # so a burst of tasks leaves no memory behind once it is over.
-            self._live = {}
+        # A dict never shrinks its table: once more entries left since the
+        # last copy than twice those live, a copy sized for the live ones
+        # replaces it (O(1) amortized), so a burst of tasks, cancelled or
+        # done, leaves no memory behind even while other tasks run.
+        self._live_gone += 1
+        if self._live_gone > 64 and self._live_gone > 2 * len(self._live):
+            self._live = dict(self._live)
+            self._live_gone = 0
         duration = (now - task._started_at) * 1000.0 if task._attempt else 0.0
         # tuple.__new__ directly: the NamedTuple's own __new__ is a Python
         # frame, and this line runs once per task.
@@ -672,7 +682,7 @@ class Scheduler:
         if self._listeners:
             kind = _EVENT_OF[status]
             self._emit_locked(kind, task._id, task._attempt, now, duration, error)
-        evicted = self._store.add(result, now)
+        evicted = self._store.add(result, now) if task._keep else None
         if evicted:
             self._evicted += len(evicted)
             self._dropped.extend(evicted)

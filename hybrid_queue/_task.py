@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from ._clock import TimerHandle
+    from ._interrupt import Interruptible
     from ._queue import HybridQueue
 
 __all__ = ["TaskFuture", "TaskHandle", "TaskResult", "TaskStatus"]
@@ -81,6 +82,7 @@ _RECORD_FIELDS = (
     "_cfuture",
     "_fn",
     "_is_coro",
+    "_keep",
     "_kwargs",
     "_max_retries",
     "_priority",
@@ -106,6 +108,7 @@ class _RecordFields:
     _args: tuple[Any, ...]
     _kwargs: dict[str, Any] | None
     _is_coro: bool
+    _keep: bool
     _priority: int
     _max_retries: int
     _timeout: float | None
@@ -116,7 +119,7 @@ class _RecordFields:
     _started_at: float
     _cfuture: TaskFuture[Any] | None
     _waiters: list[asyncio.Future[TaskResult[Any]]] | None
-    _runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | None
+    _runner: asyncio.Task[Any] | concurrent.futures.Future[Any] | Interruptible | None
     _timer: TimerHandle | None
 
 
@@ -199,6 +202,15 @@ class TaskFuture(concurrent.futures.Future[T]):
         self.task_id: Any = None
         self._queue_ref = queue
 
+    def running(self) -> bool:
+        """True while an attempt of the task runs (not while it waits for a worker or a retry). Any thread."""
+        if self.done() or self.task_id is None:
+            return False
+        try:
+            return self._queue_ref.status(self.task_id) is TaskStatus.RUNNING
+        except KeyError:  # its result is gone already
+            return False
+
     def cancel(self) -> bool:
         """Cancel the task; True if the future is (now) cancelled, False if it finished otherwise."""
         if not self.done():
@@ -254,8 +266,9 @@ class Task(_RecordFields):
         priority: int,
         max_retries: int,
         timeout: float | None,
+        keep_result: bool = True,
     ) -> None:
-        fill_record(self, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout)
+        fill_record(self, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout, keep_result)
 
     @property
     def task_id(self) -> Any:
@@ -277,6 +290,7 @@ def fill_record(
     priority: int,
     max_retries: int,
     timeout: float | None,
+    keep_result: bool = True,
 ) -> None:
     """Set every field of a new record: a PENDING task that has not run."""
     record._id = task_id
@@ -287,6 +301,9 @@ def fill_record(
     record._priority = priority
     record._max_retries = max_retries
     record._timeout = timeout
+    # False: the result goes to the handle, future and get_result waiters
+    # only, never into the result store.
+    record._keep = keep_result
     record._status = TaskStatus.PENDING
     record._retry_count = 0
     # Bumped at each start; a late completion of an abandoned attempt (a

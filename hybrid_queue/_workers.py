@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import difflib
 import functools
 import inspect
 import threading
+import types
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ._context import _running as running
+from ._errors import CallError
+from ._interrupt import Interruptible
+from ._pool import WorkerPool
 from ._remote import Raised, RemoteCall, Returned, executor_failure, refusal_advice
 from ._scheduler import Claimed, Scheduler
 from ._task import Record, TaskStatus
@@ -36,6 +42,12 @@ from ._task import Record, TaskStatus
 __all__ = ["Runner"]
 
 RUNNING = TaskStatus.RUNNING
+
+# What a sync handler returns when it should have been submitted as async.
+_NOT_RESULTS = frozenset({types.CoroutineType, types.AsyncGeneratorType})
+
+# Executors whose threads run a chain of sync tasks in one submitted call.
+_THREAD_POOLS = (concurrent.futures.ThreadPoolExecutor, WorkerPool)
 
 # How long close() waits for workers it had to cancel outright.
 _FORCED_UNWIND = 1.0
@@ -56,8 +68,12 @@ class Runner:
         scheduler: Scheduler,
         executor: concurrent.futures.Executor | None,
         factory: Callable[[], concurrent.futures.Executor] | None = None,
+        interrupt_sync: bool = False,
     ) -> None:
         self._sched = scheduler
+        # Whether a sync handler on a thread pool is interrupted (an exception
+        # raised in its thread) when its task is cancelled or times out.
+        self.interrupt_sync = interrupt_sync
         # Exactly one of the two: the caller's executor (never replaced, never
         # shut down here), or a factory of executors the queue owns: made by
         # open(), replaced when one breaks, shut down by the queue.
@@ -156,7 +172,7 @@ class Runner:
         assert executor is not None, "Runner.open() was not called before the first claim"
         # Thread pools run a chain of sync tasks in one submitted call; other
         # executors get a RemoteCall, which may have to be pickled.
-        inline = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+        inline = isinstance(executor, _THREAD_POOLS)
         # The chain's claim travels in a box that the chain empties as it
         # starts (see _sync_chain for why).
         box = [(task, attempt)]
@@ -234,12 +250,13 @@ class Runner:
             self._sched.loop.call_soon(self._abandon_late, task, attempt)
         else:
             self._abandon_late(task, attempt)
-            # Then, on an executor of futures, cancel the call: where that
-            # works (not started yet; a Dask task, released) the future's
-            # callback frees the slot now, and its outcome is dropped, as the
-            # attempt has already failed. A running process cannot be stopped.
-            if not isinstance(self._executor, concurrent.futures.ThreadPoolExecutor):
-                self._sched.interrupt(task, attempt)
+            # Then stop the call where that can be done: on an executor of
+            # futures, cancel it (not started yet; a Dask task, released) and
+            # the future's callback frees the slot now; on a thread pool with
+            # interrupt_sync, raise TaskInterrupted in the handler's thread.
+            # Its outcome is dropped: the attempt has already failed. A
+            # running process cannot be stopped.
+            self._sched.interrupt(task, attempt)
 
     def _abandon_late(self, task: Record, attempt: int) -> None:
         self._sched.expire_attempt(task, attempt, _timeout_error(task, attempt))
@@ -254,9 +271,10 @@ class Runner:
         # record (often the user's handle) once done with it: the claim
         # comes in a box emptied here, and lives only in ``claim``.
         sched = self._sched
+        interruptible = self.interrupt_sync
         claim: tuple[Record, int] | None = box.pop()
         while claim is not None and not claim[0]._is_coro:
-            claim = sched.finish(claim[0], claim[1], *_call_sync(*claim))
+            claim = sched.finish(claim[0], claim[1], *_call_sync(claim[0], claim[1], interruptible))
             if claim is not None and not claim[0]._is_coro and claim[0]._timeout is not None:
                 sched.on_loop(sched.arm_timeout, claim[0], claim[1], self._timed_out)
         if claim is not None:
@@ -430,7 +448,7 @@ class Runner:
                 raise
             error = exc  # our interrupt, or the handler's own CancelledError
         except BaseException as exc:  # a worker survives whatever the handler raises
-            error = exc
+            error = _programming_error(exc, task._id, fn, kwargs)
         # interrupt() clears ``runner`` before it cancels us. If another
         # worker has set it since (the retry of an attempt we were slow to
         # abandon), it is theirs: leave it.
@@ -484,33 +502,75 @@ class Runner:
 def _timeout_error(task: Record, attempt: int) -> TimeoutError:
     return TimeoutError(
         f"task {task._id!r} attempt {attempt} exceeded its timeout of {task._timeout} s"
-        + ("" if task._is_coro else " (a sync handler cannot be interrupted; its late result is discarded)")
+        + ("" if task._is_coro else " (a sync handler is not stopped unless interrupted; its late result is discarded)")
     )
 
 
-def _call_sync(task: Record, attempt: int) -> tuple[bool, Any, BaseException | None]:
+def _call_sync(task: Record, attempt: int, interruptible: bool) -> tuple[bool, Any, BaseException | None]:
     fn, args, kwargs = task._fn, task._args, task._kwargs
     # Unlocked read, as in Runner._run_coro: a task cancelled before this
-    # point never starts; one cancelled after it is abandoned to finish.
+    # point never starts; one cancelled after it is abandoned to finish (or
+    # interrupted, when the queue interrupts sync handlers).
     if fn is None or task._status is not RUNNING or task._attempt != attempt:
         return False, None, _ABANDONED
     task_id = task._id
-    del task  # not kept by a failure's traceback, which keeps this frame (see Runner._sync_chain)
+    running.claim = (task, attempt)  # for current_task(); cleared before returning
     try:
-        value = fn(*args, **kwargs) if kwargs else fn(*args)
-    except BaseException as exc:  # recorded as the attempt's failure, like concurrent.futures
-        return False, None, exc
-    if inspect.iscoroutine(value):
-        value.close()
+        if interruptible:
+            call = Interruptible()
+            task._runner = call  # what Scheduler.interrupt cancels
+            try:
+                ok, value, error = call.call(fn, args, kwargs)
+            finally:
+                if task._runner is call:
+                    task._runner = None
+            if not ok:
+                assert error is not None
+                return False, None, _programming_error(error, task_id, fn, kwargs)
+        else:
+            del task  # not kept by a failure's traceback, which keeps this frame (see Runner._sync_chain)
+            try:
+                value = fn(*args, **kwargs) if kwargs else fn(*args)
+            except BaseException as exc:  # recorded as the attempt's failure, like concurrent.futures
+                return False, None, _programming_error(exc, task_id, fn, kwargs)
+    finally:
+        running.claim = None
+    if type(value) in _NOT_RESULTS:
+        if type(value) is types.CoroutineType:
+            value.close()  # never run: closing it spares a "never awaited" warning
         return (
             False,
             None,
-            TypeError(
-                f"the sync handler of task {task_id!r} returned a coroutine; "
-                "submit the async function itself so it runs on the event loop"
+            CallError(
+                f"the sync handler of task {task_id!r} returned {type(value).__name__} object; submit the async "
+                "function itself so it runs on the event loop (async generator functions are not handlers)"
             ),
         )
     return True, value, None
+
+
+def _programming_error(
+    error: BaseException, task_id: Any, fn: Callable[..., Any], kwargs: dict[str, Any] | None
+) -> BaseException:
+    # A TypeError whose traceback holds no frame past the one that made the
+    # call was raised by the call itself: the arguments do not bind (or a C
+    # function refused them). Retrying cannot help, so it is made final.
+    if type(error) is not TypeError or error.__traceback__ is None or error.__traceback__.tb_next is not None:
+        return error
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    hint = ""
+    options = ("priority", "task_id", "max_retries", "timeout", "keep_result")
+    for key in kwargs or ():
+        close = difflib.get_close_matches(key, options, n=1)
+        if close and key not in options:
+            hint = f" (did you mean the queue's option {close[0]}=, not the handler keyword {key}=?)"
+            break
+    final = CallError(
+        f"task {task_id!r}: the handler {name} cannot be called with the arguments it was submitted with: "
+        f"{error}{hint}; not retried: fix the submit call"
+    )
+    final.__cause__ = error
+    return final
 
 
 def _made(factory: Callable[[], concurrent.futures.Executor]) -> concurrent.futures.Executor:

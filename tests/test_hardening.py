@@ -8,12 +8,15 @@ must not outlive what it describes.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 
 import pytest
+from conftest import wait_until
 
-from hybrid_queue import HybridQueue, TaskEvent, UnknownTaskError
+from hybrid_queue import CallError, HybridQueue, RetryPolicy, TaskEvent, UnknownTaskError, current_task
 from hybrid_queue._bridge import LoopBridge
+from hybrid_queue.testing import FakeClock
 
 # ------------------------------------------------------------------ task ids
 
@@ -101,3 +104,189 @@ def test_a_post_after_the_loop_closed_with_a_drain_scheduled_is_refused():
     assert bridge.post(ran.append, 2) is False
     assert bridge.post(ran.append, 3) is False
     assert ran == []
+
+
+# ------------------------------------------------------- programming errors
+
+
+async def test_a_call_that_cannot_bind_its_arguments_fails_at_once_without_retry(make_queue):
+    q = await make_queue(2, retry=RetryPolicy(max_retries=3, base_delay=30.0))
+
+    async def fetch(url: str) -> str:
+        return url
+
+    def parse(text: str) -> str:
+        return text
+
+    for handler in (fetch, parse):
+        missing = await q.submit(handler)  # type: ignore[call-arg]
+        misspelt = await q.submit(handler, "x", prority=3)
+        with pytest.raises(CallError, match=r"cannot be called with the arguments .*; not retried") as caught:
+            await missing
+        assert isinstance(caught.value, TypeError)
+        with pytest.raises(CallError, match=r"did you mean the queue's option priority=, not the handler keyword"):
+            await misspelt
+        for h in (missing, misspelt):
+            assert (await q.get_result(h.task_id)).retry_count == 0
+    assert q.stats().retries == 0
+
+
+async def test_a_type_error_raised_inside_the_handler_is_still_retried(make_queue):
+    clock = FakeClock()
+    q = await make_queue(1, clock=clock, retry=RetryPolicy(max_retries=1, base_delay=1.0))
+    calls: list[int] = []
+
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TypeError("from inside the handler")
+        return 7
+
+    h = await q.submit(flaky)
+    await clock.sleep(5)
+    assert await h == 7
+    assert (await q.get_result(h.task_id)).retry_count == 1
+
+
+async def test_a_sync_handler_returning_a_coroutine_or_async_generator_fails_at_once(make_queue):
+    q = await make_queue(1, retry=RetryPolicy(max_retries=3, base_delay=30.0))
+
+    async def coro() -> int:
+        return 1
+
+    async def agen():  # type: ignore[no-untyped-def]
+        yield 1
+
+    for wrong in (lambda: coro(), lambda: agen()):
+        h = await q.submit(wrong)
+        with pytest.raises(CallError, match="submit the async function itself"):
+            await h
+    assert q.stats().retries == 0
+
+
+async def test_an_async_generator_function_is_refused_at_submit(make_queue):
+    q = await make_queue(1)
+
+    async def agen():  # type: ignore[no-untyped-def]
+        yield 1
+
+    with pytest.raises(TypeError, match=r"^submit\(\) got an async generator function"):
+        await q.submit(agen)
+    assert q.stats().submitted == 0
+
+
+# ------------------------------------------------------------ TaskFuture
+
+
+def test_task_future_running_is_true_while_the_task_runs():
+    started, release = threading.Event(), threading.Event()
+
+    def work() -> int:
+        started.set()
+        release.wait(10)
+        return 1
+
+    with HybridQueue(1) as q:
+        first = q.submit_blocking(work)
+        second = q.submit_blocking(abs, -2)
+        started.wait(10)
+        assert first.running() and not second.running()
+        release.set()
+        assert first.result(10) == 1 and second.result(10) == 2
+        assert not first.running()
+
+
+# ------------------------------------------------------------ results kept
+
+
+async def test_keep_result_false_hands_the_outcome_to_the_handle_only(make_queue):
+    q = await make_queue(1)
+    h = await q.submit(abs, -3, keep_result=False)
+    assert await h == 3
+    assert q.stats().results_stored == 0
+    with pytest.raises(UnknownTaskError):
+        q.status(h.task_id)
+    with pytest.raises(TypeError, match="keep_result must be True or False"):
+        await q.submit(abs, 1, keep_result=1)  # type: ignore[arg-type]
+
+
+async def test_large_results_are_bounded_by_bytes(make_queue):
+    q = await make_queue(1, max_result_bytes=1_000_000)
+    handles = [await q.submit(bytes, 100_000) for _ in range(30)]
+    await asyncio.gather(*handles)
+    s = q.stats()
+    assert s.results_stored < 10 and s.results_evicted == 30 - s.results_stored
+
+
+# ------------------------------------------------- stopping sync handlers
+
+
+def spin_until_cancelled() -> str:
+    task = current_task()
+    while not task.cancelled:
+        pass
+    return "saw it"
+
+
+async def test_a_sync_handler_sees_its_cancellation_through_current_task(make_queue):
+    q = await make_queue(1)
+    h = await q.submit(spin_until_cancelled)
+    await wait_until(lambda: q.stats().running == 1)
+    h.cancel()
+    await wait_until(lambda: q.stats().busy_workers == 0)  # it saw it, returned, and gave its slot back
+    assert h.cancelled()
+
+
+async def test_a_sync_handler_sees_its_timeout_through_current_task(make_queue):
+    q = await make_queue(1, retry=RetryPolicy(max_retries=0))
+    seen: list[int] = []
+
+    def spin() -> None:
+        task = current_task()
+        while not task.cancelled:
+            pass
+        seen.append(task.attempt)
+        task.raise_if_cancelled()
+
+    h = await q.submit(spin, timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await h
+    await wait_until(lambda: q.stats().busy_workers == 0)
+    assert seen == [1]
+
+
+def test_current_task_outside_a_handler_is_an_error():
+    with pytest.raises(RuntimeError, match="outside a sync handler"):
+        current_task()
+
+
+async def test_an_interruptible_sync_handler_is_stopped_and_frees_its_slot(make_queue):
+    q = await make_queue(1, interrupt_sync_handlers=True)
+    unwound: list[str] = []
+
+    def busy() -> None:
+        try:
+            while True:
+                pass
+        finally:
+            unwound.append("finally ran")
+
+    h = await q.submit(busy)
+    waiting = await q.submit(abs, -5)
+    await wait_until(lambda: q.stats().running == 1)
+    h.cancel()
+    assert await waiting == 5  # the slot came back: busy() was interrupted
+    assert unwound == ["finally ran"]
+
+
+async def test_an_interruptible_sync_handler_is_stopped_by_its_timeout(make_queue):
+    q = await make_queue(1, interrupt_sync_handlers=True, retry=RetryPolicy(max_retries=0))
+
+    def busy() -> None:
+        while True:
+            pass
+
+    h = await q.submit(busy, timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await h
+    await wait_until(lambda: q.stats().busy_workers == 0)

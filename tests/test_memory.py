@@ -92,10 +92,6 @@ async def test_cancelled_burst_of_pending_tasks_gives_its_memory_back_with_none_
     assert abs(leftover) < 64 * KIB, f"{leftover} bytes left after {BURST} pending tasks were cancelled"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the scheduler's index of live tasks keeps the table the burst grew while any task is live",
-)
 @pytest.mark.asyncio(loop_factories=["asyncio"])
 @pytest.mark.timeout(60)
 async def test_cancelled_burst_of_pending_tasks_gives_its_memory_back_while_a_task_runs(make_queue):

@@ -1,0 +1,75 @@
+"""What a sync handler can ask about the task it runs: its id, its attempt, and whether it was given up on."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ._task import TaskStatus
+
+if TYPE_CHECKING:
+    from ._task import Record
+
+__all__ = ["TaskContext", "current_task"]
+
+# Per worker thread: the (record, attempt) whose sync handler runs there
+# now, or None. Set by the worker around the call only; read by the handler.
+_running = threading.local()
+
+
+class TaskContext:
+    """The attempt of a task that the calling sync handler is running. Read-only.
+
+    Got from :func:`current_task`; valid for the attempt it was got in.
+    """
+
+    __slots__ = ("_record", "attempt")
+
+    def __init__(self, record: Record, attempt: int) -> None:
+        self._record = record
+        self.attempt = attempt
+        """The attempt being run, counting from 1."""
+
+    @property
+    def task_id(self) -> Any:
+        """The task's id."""
+        return self._record._id
+
+    @property
+    def cancelled(self) -> bool:
+        """True once this attempt was given up on: the task was cancelled or the attempt timed out.
+
+        Its outcome will be discarded, so the handler should stop soon; the
+        worker slot stays held until it returns. Any thread.
+        """
+        record = self._record
+        return record._status is not TaskStatus.RUNNING or record._attempt != self.attempt
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``concurrent.futures.CancelledError`` if :attr:`cancelled`; a cooperative check point."""
+        if self.cancelled:
+            import concurrent.futures
+
+            raise concurrent.futures.CancelledError(
+                f"task {self.task_id!r} attempt {self.attempt} was cancelled or timed out"
+            )
+
+    def __repr__(self) -> str:
+        return f"<TaskContext task_id={self.task_id!r} attempt={self.attempt} cancelled={self.cancelled}>"
+
+
+def current_task() -> TaskContext:
+    """The task whose sync handler the calling thread is running.
+
+    For sync handlers run by the queue's thread pool (or one passed in);
+    a coroutine handler learns of cancellation by ``CancelledError``
+    instead. Raises RuntimeError anywhere else (a process pool's worker,
+    a thread that runs no handler).
+    """
+    claim = getattr(_running, "claim", None)
+    if claim is None:
+        raise RuntimeError(
+            "current_task() was called outside a sync handler of a HybridQueue; it is for handlers run on "
+            "the queue's thread pool (coroutine handlers see cancellation as CancelledError)"
+        )
+    return TaskContext(*claim)
