@@ -17,6 +17,8 @@ __all__ = ["ResultStore", "shallow_size"]
 
 _NONE: list[Any] = []  # shared "nothing evicted"; never mutated
 _object_sizeof = object.__sizeof__
+# Results of these types are small and of fixed size: never counted, not sized.
+_FIXED_SMALL = frozenset({type(None), bool, int, float})
 
 
 def shallow_size(value: object) -> int:
@@ -49,7 +51,9 @@ class ResultStore:
 
     ``max_bytes`` (None: no bound) bounds the total of the stored results'
     sizes, each estimated once, when stored, by ``shallow_size(result.result)``:
-    shallow, so a list of large items counts little more than its pointers.
+    shallow, so a list of large items counts little more than its pointers;
+    a result under ``min_counted`` bytes (1 KiB), or a number or None,
+    counts as 0.
     Past it, the oldest results are evicted as for ``max_results``. The
     newest result is always kept: one larger than the whole budget evicts
     every older result and is stored alone, so that its task's result can
@@ -72,17 +76,23 @@ class ResultStore:
         "_times",
         "max_bytes",
         "max_results",
+        "min_counted",
         "released",
         "ttl",
     )
 
-    def __init__(self, ttl: float, max_results: int, *, max_bytes: int | None = None) -> None:
+    def __init__(self, ttl: float, max_results: int, *, max_bytes: int | None = None, min_counted: int = 1024) -> None:
         self.ttl = ttl
         self.max_results = max_results
         self.max_bytes = max_bytes
+        # Results smaller than this count as 0 bytes and are not entered in
+        # _sizes: the budget is there for large results, and the many small
+        # ones then cost one size lookup each, not a dict entry.
+        self.min_counted = min_counted
         # Each stored result, its expiry time and its size as it was stored
         # (a result may grow later; dropping it subtracts what was added), by
-        # id. _nbytes is the sum of _sizes; the three dicts share their keys.
+        # id. _nbytes is the sum of _sizes, which holds only the results of
+        # min_counted bytes or more; _results and _expires share their keys.
         self._results: dict[Hashable, TaskResult[Any]] = {}
         self._expires: dict[Hashable, float] = {}
         self._sizes: dict[Hashable, int] = {}
@@ -130,37 +140,50 @@ class ResultStore:
         """
         task_id = result.task_id
         results = self._results
-        # shallow_size(result.result), inlined: this runs once per task.
         value = result.result
-        sizeof = type(value).__sizeof__
-        size: int = sizeof(value) if type(sizeof) is MethodDescriptorType else _object_sizeof(value)
+        if type(value) in _FIXED_SMALL:
+            size = 0
+        else:  # shallow_size(value), inlined: this runs once per task
+            sizeof = type(value).__sizeof__
+            size = sizeof(value) if type(sizeof) is MethodDescriptorType else _object_sizeof(value)
+            if size < self.min_counted:
+                size = 0
+        sizes = self._sizes
         if task_id in results:
             # A reused id (its old result expired but not yet swept): the old
             # slot goes stale and the new one at the back sets its expiry.
             # The old result is replaced here, not returned: the owner
             # discards it first (see the scheduler's _accept_locked).
-            self._nbytes -= self._sizes[task_id]
+            if sizes:
+                self._nbytes -= sizes.pop(task_id, 0)
             self._go_stale(task_id)
         expires_at = now + self.ttl
         results[task_id] = result
         self._expires[task_id] = expires_at
-        self._sizes[task_id] = size
-        self._nbytes += size
         times = self._times
         self._ids.append(task_id)
         times.append(expires_at if not times or times[-1] <= expires_at else times[-1])
-        max_bytes = self.max_bytes
-        if len(results) <= self.max_results and (max_bytes is None or self._nbytes <= max_bytes):
-            return _NONE
-        evicted = []
-        # The newest result's slot is the last: while another result is
-        # left, the front slot is an older one's (or stale).
-        while len(results) > self.max_results or (
-            max_bytes is not None and self._nbytes > max_bytes and len(results) > 1
-        ):
-            oldest = self._pop_front()
-            if oldest is not None:
-                evicted.append(oldest)
+        evicted = _NONE
+        if len(results) > self.max_results:
+            evicted = []
+            while len(results) > self.max_results:
+                oldest = self._pop_front()
+                if oldest is not None:
+                    evicted.append(oldest)
+        # Only a result that counts can take the total over the budget.
+        if size:
+            sizes[task_id] = size
+            self._nbytes += size
+            max_bytes = self.max_bytes
+            if max_bytes is not None and self._nbytes > max_bytes:
+                if evicted is _NONE:
+                    evicted = []
+                # The newest result's slot is the last: while another result
+                # is left, the front slot is an older one's (or stale).
+                while self._nbytes > max_bytes and len(results) > 1:
+                    oldest = self._pop_front()
+                    if oldest is not None:
+                        evicted.append(oldest)
         return evicted
 
     def get(self, task_id: Hashable, now: float) -> TaskResult[Any] | None:
@@ -175,7 +198,8 @@ class ResultStore:
         result = self._results.pop(task_id, None)
         if result is not None:
             del self._expires[task_id]
-            self._nbytes -= self._sizes.pop(task_id)
+            if self._sizes:
+                self._nbytes -= self._sizes.pop(task_id, 0)
             self._go_stale(task_id)
         return result
 
@@ -219,7 +243,8 @@ class ResultStore:
         self._times.popleft()
         if task_id not in self._stale:
             del self._expires[task_id]
-            self._nbytes -= self._sizes.pop(task_id)
+            if self._sizes:
+                self._nbytes -= self._sizes.pop(task_id, 0)
             return self._results.pop(task_id)
         self._one_stale_gone(task_id)
         self._stale_slots -= 1

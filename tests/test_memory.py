@@ -114,7 +114,7 @@ def payload(n: int) -> bytes:
 
 
 def test_store_byte_bound_evicts_the_oldest_until_the_new_result_fits():
-    store = ResultStore(ttl=100.0, max_results=100, max_bytes=1_000)
+    store = ResultStore(ttl=100.0, max_results=100, max_bytes=1_000, min_counted=0)
     results = [sized(f"r{i}", payload(300)) for i in range(5)]
     evicted = [store.add(result, now=float(i)) for i, result in enumerate(results)]
     assert evicted == [[], [], [], [results[0]], [results[1]]]
@@ -128,14 +128,14 @@ def test_store_byte_bound_evicts_the_oldest_until_the_new_result_fits():
 
 
 def test_store_byte_bound_at_exactly_the_budget_evicts_nothing():
-    store = ResultStore(ttl=100.0, max_results=100, max_bytes=600)
+    store = ResultStore(ttl=100.0, max_results=100, max_bytes=600, min_counted=0)
     assert store.add(sized("a", payload(300)), now=0.0) == []
     assert store.add(sized("b", payload(300)), now=0.0) == []
     assert store.nbytes == 600 and len(store) == 2
 
 
 def test_store_result_larger_than_the_whole_budget_is_stored_alone():
-    store = ResultStore(ttl=100.0, max_results=100, max_bytes=1_000)
+    store = ResultStore(ttl=100.0, max_results=100, max_bytes=1_000, min_counted=0)
     older = [sized(f"r{i}", payload(200)) for i in range(3)]
     for result in older:
         store.add(result, now=0.0)
@@ -150,7 +150,7 @@ def test_store_result_larger_than_the_whole_budget_is_stored_alone():
 
 
 def test_store_count_and_byte_bounds_both_hold():
-    store = ResultStore(ttl=100.0, max_results=2, max_bytes=10_000)
+    store = ResultStore(ttl=100.0, max_results=2, max_bytes=10_000, min_counted=0)
     a, b, c = (sized(tid, payload(100)) for tid in "abc")
     store.add(a, now=0.0)
     store.add(b, now=0.0)
@@ -167,7 +167,7 @@ def test_store_without_a_byte_bound_keeps_the_total_but_evicts_by_count_only():
 
 
 def test_store_total_follows_expire_discard_eviction_and_clear():
-    store = ResultStore(ttl=10.0, max_results=4, max_bytes=10_000)
+    store = ResultStore(ttl=10.0, max_results=4, max_bytes=10_000, min_counted=0)
     for i in range(6):  # two evicted by the count bound
         store.add(sized(f"r{i}", payload(100 + i)), now=float(i))
     assert store.nbytes == sum(100 + i for i in range(2, 6))
@@ -185,7 +185,7 @@ def test_store_total_follows_expire_discard_eviction_and_clear():
 
 
 def test_store_total_survives_compaction_of_stale_slots():
-    store = ResultStore(ttl=1e9, max_results=10_000, max_bytes=10**9)
+    store = ResultStore(ttl=1e9, max_results=10_000, max_bytes=10**9, min_counted=0)
     for i in range(1_000):
         store.add(sized(i, payload(50)), now=0.0)
         if i % 4:
@@ -197,7 +197,7 @@ def test_store_total_survives_compaction_of_stale_slots():
 def test_store_counts_a_result_at_its_size_when_stored():
     # A mutable result may grow after it is stored; dropping it subtracts
     # what was added, so the total never drifts.
-    store = ResultStore(ttl=10.0, max_results=10, max_bytes=10**6)
+    store = ResultStore(ttl=10.0, max_results=10, max_bytes=10**6, min_counted=0)
     grows: list[int] = []
     store.add(sized("a", grows), now=0.0)
     stored_size = store.nbytes
@@ -209,7 +209,7 @@ def test_store_counts_a_result_at_its_size_when_stored():
 
 
 def test_store_re_adding_an_id_replaces_its_size():
-    store = ResultStore(ttl=10.0, max_results=10, max_bytes=10_000)
+    store = ResultStore(ttl=10.0, max_results=10, max_bytes=10_000, min_counted=0)
     store.add(sized("a", payload(500)), now=0.0)
     store.add(sized("a", payload(200)), now=12.0)  # the first expired, not yet swept
     assert store.nbytes == 200
@@ -238,7 +238,7 @@ def test_store_size_calls_no_sizeof_written_in_python():
 
     assert shallow_size(Sizer()) == object.__sizeof__(Sizer())
     assert shallow_size(Bytes(b"x" * 100)) == object.__sizeof__(Bytes(b"x" * 100))
-    store = ResultStore(ttl=10.0, max_results=10, max_bytes=100)
+    store = ResultStore(ttl=10.0, max_results=10, max_bytes=100, min_counted=0)
     assert store.add(sized("a", Sizer()), now=0.0) == []
     assert store.nbytes == object.__sizeof__(Sizer())
 

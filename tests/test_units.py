@@ -411,7 +411,7 @@ def test_store_matches_a_list_model(ops, max_results, max_bytes):
     # an id moves it to the back; what the store did before it gave up its
     # OrderedDict of (expires_at, result) entries. The byte bound evicts the
     # oldest while the total is over and another result than the new one is left.
-    store = ResultStore(ttl=10.0, max_results=max_results, max_bytes=max_bytes)
+    store = ResultStore(ttl=10.0, max_results=max_results, max_bytes=max_bytes, min_counted=0)
     model: list[tuple[Any, float, TaskResult[Any], int]] = []
     now = 0.0
     for op, task_id, step, length in ops:
