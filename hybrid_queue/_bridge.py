@@ -28,10 +28,11 @@ class LoopBridge:
     nothing: an extra wake-up, never a lost call.
     """
 
-    __slots__ = ("_calls", "_loop", "_scheduled")
+    __slots__ = ("_calls", "_is_closed", "_loop", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._is_closed = loop.is_closed  # bound once: read on every post that finds a drain scheduled
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._scheduled = False
 
@@ -42,7 +43,7 @@ class LoopBridge:
         """
         self._calls.append((fn, args))
         if self._scheduled:
-            if not self._loop.is_closed():
+            if not self._is_closed():
                 return True
             # The loop closed with a drain scheduled that will never run:
             # answer as call_soon_threadsafe would, rather than queue calls

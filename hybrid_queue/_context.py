@@ -10,11 +10,21 @@ from ._task import TaskStatus
 if TYPE_CHECKING:
     from ._task import Record
 
-__all__ = ["TaskContext", "current_task"]
+__all__ = ["TaskContext", "current_task", "running_slot"]
 
-# Per worker thread: the (record, attempt) whose sync handler runs there
-# now, or None. Set by the worker around the call only; read by the handler.
+# Per worker thread, in ``slot``: a list whose one item is the (record,
+# attempt) whose sync handler runs there now, or None. The worker sets the
+# item around each call (a list store: cheaper than a thread-local
+# attribute, once per task) and the handler reads it.
 _running = threading.local()
+
+
+def running_slot() -> list[tuple[Record, int] | None]:
+    """The calling thread's slot for the claim its sync handler runs. Worker threads."""
+    slot: list[tuple[Record, int] | None] | None = getattr(_running, "slot", None)
+    if slot is None:
+        slot = _running.slot = [None]
+    return slot
 
 
 class TaskContext:
@@ -66,7 +76,8 @@ def current_task() -> TaskContext:
     instead. Raises RuntimeError anywhere else (a process pool's worker,
     a thread that runs no handler).
     """
-    claim = getattr(_running, "claim", None)
+    slot = getattr(_running, "slot", None)
+    claim = slot[0] if slot is not None else None
     if claim is None:
         raise RuntimeError(
             "current_task() was called outside a sync handler of a HybridQueue; it is for handlers run on "

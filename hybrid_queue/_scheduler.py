@@ -124,7 +124,7 @@ class Scheduler:
         self._held = _Held(self.lock)
         self._heap: PriorityHeap[Record] = PriorityHeap()
         self._live: dict[Hashable, Record] = {}
-        self._live_gone = 0  # entries deleted from _live since it was last copied
+        self._cancels = 0  # tasks cancelled since _live was last copied (see _shrink_live_locked)
         self._store = store
         self._free = workers
         self._started = False
@@ -667,14 +667,10 @@ class Scheduler:
         else:
             self._cancelled += 1
         del self._live[task._id]
-        # A dict never shrinks its table: once more entries left since the
-        # last copy than twice those live, a copy sized for the live ones
-        # replaces it (O(1) amortized), so a burst of tasks, cancelled or
-        # done, leaves no memory behind even while other tasks run.
-        self._live_gone += 1
-        if self._live_gone > 64 and self._live_gone > 2 * len(self._live):
-            self._live = dict(self._live)
-            self._live_gone = 0
+        if not self._live:
+            # A dict never shrinks its table; an empty one is free to replace,
+            # so a burst of tasks leaves no memory behind once it is over.
+            self._live = {}
         duration = (now - task._started_at) * 1000.0 if task._attempt else 0.0
         # tuple.__new__ directly: the NamedTuple's own __new__ is a Python
         # frame, and this line runs once per task.
@@ -770,6 +766,8 @@ class Scheduler:
             if task is self._interrupting and threading.get_ident() == self.loop_thread:
                 return False  # the echo of interrupt() through the task's own handle
             cancelled = [self._cancel_locked(task, now)]
+            self._cancels += 1
+            self._shrink_live_locked()
             wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
             dropped = self._take_dropped_locked()
         del dropped
@@ -786,6 +784,8 @@ class Scheduler:
         with self.lock:
             chosen = [t for t in self._live.values() if not states or t._status in states]
             cancelled = [self._cancel_locked(t, now) for t in chosen]
+            self._cancels += len(cancelled)
+            self._shrink_live_locked()
             wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
             dropped = self._take_dropped_locked()
         del dropped
@@ -808,6 +808,17 @@ class Scheduler:
         timer, task._timer = task._timer, None
         result = self._terminal_locked(task, CANCELLED, None, asyncio.CancelledError(), now)
         return task, state, task._attempt, timer, result
+
+    def _shrink_live_locked(self) -> None:
+        # A dict never shrinks its table. Once more tasks were cancelled
+        # since the last copy than twice those live, a copy sized for the
+        # live ones replaces it (O(1) amortized), so a cancelled burst leaves
+        # no memory behind even while other tasks run. Counted on the cancel
+        # paths only: finishing tasks one by one costs nothing here, and
+        # _terminal_locked replaces the dict when it empties.
+        if self._cancels > 64 and self._cancels > 2 * len(self._live):
+            self._live = dict(self._live)
+            self._cancels = 0
 
     def _after_cancel(
         self,

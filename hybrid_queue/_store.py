@@ -7,7 +7,7 @@ its lock around every call and arms one timer for ``next_expiry``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from types import MethodDescriptorType
 from typing import Any
 
@@ -16,7 +16,7 @@ from ._task import TaskResult
 __all__ = ["ResultStore", "shallow_size"]
 
 _NONE: list[Any] = []  # shared "nothing evicted"; never mutated
-_object_sizeof = object.__sizeof__
+_object_sizeof: Callable[[object], int] = object.__sizeof__
 # Results of these types are small and of fixed size: never counted, not sized.
 _FIXED_SMALL = frozenset({type(None), bool, int, float})
 
@@ -131,31 +131,25 @@ class ResultStore:
         """The total size of the stored results, as estimated when each was stored."""
         return self._nbytes
 
-    def add(self, result: TaskResult[Any], now: float) -> list[TaskResult[Any]]:
+    def add(
+        self, result: TaskResult[Any], now: float, _fixed_small: frozenset[type] = _FIXED_SMALL
+    ) -> list[TaskResult[Any]]:
         """Store ``result``; return the older results the count and byte bounds evicted, oldest first.
 
         Evicted and expired results are returned rather than dropped, so the
         owner can let go of them after releasing its lock: a result's
         ``__del__`` is user code. ``result`` itself is never evicted.
         """
+        # Runs once per task: the byte budget costs one type check here
+        # for the usual small result (``_fixed_small``, a constant bound as
+        # a local), and the rest is in _count_bytes.
         task_id = result.task_id
         results = self._results
-        value = result.result
-        if type(value) in _FIXED_SMALL:
-            size = 0
-        else:  # shallow_size(value), inlined: this runs once per task
-            sizeof = type(value).__sizeof__
-            size = sizeof(value) if type(sizeof) is MethodDescriptorType else _object_sizeof(value)
-            if size < self.min_counted:
-                size = 0
-        sizes = self._sizes
         if task_id in results:
             # A reused id (its old result expired but not yet swept): the old
             # slot goes stale and the new one at the back sets its expiry.
             # The old result is replaced here, not returned: the owner
             # discards it first (see the scheduler's _accept_locked).
-            if sizes:
-                self._nbytes -= sizes.pop(task_id, 0)
             self._go_stale(task_id)
         expires_at = now + self.ttl
         results[task_id] = result
@@ -163,27 +157,38 @@ class ResultStore:
         times = self._times
         self._ids.append(task_id)
         times.append(expires_at if not times or times[-1] <= expires_at else times[-1])
-        evicted = _NONE
-        if len(results) > self.max_results:
-            evicted = []
-            while len(results) > self.max_results:
+        if len(results) <= self.max_results:
+            if type(result.result) in _fixed_small or self.max_bytes is None:
+                return _NONE
+            return self._count_bytes(task_id, result.result, _NONE)
+        evicted = []
+        while len(results) > self.max_results:
+            oldest = self._pop_front()
+            if oldest is not None:
+                evicted.append(oldest)
+        if type(result.result) in _fixed_small or self.max_bytes is None:
+            return evicted
+        return self._count_bytes(task_id, result.result, evicted)
+
+    def _count_bytes(self, task_id: Hashable, value: object, evicted: list[TaskResult[Any]]) -> list[TaskResult[Any]]:
+        # The just-stored result of task_id, of a type that may be large:
+        # count it if it reaches min_counted, and evict the oldest results
+        # (onto ``evicted``) while the total is over the budget.
+        size = shallow_size(value)
+        max_bytes = self.max_bytes
+        if size < self.min_counted or max_bytes is None:
+            return evicted
+        self._sizes[task_id] = size
+        self._nbytes += size
+        if self._nbytes > max_bytes:
+            if evicted is _NONE:
+                evicted = []
+            # The newest result's slot is the last: while another result is
+            # left, the front slot is an older one's (or stale).
+            while self._nbytes > max_bytes and len(self._results) > 1:
                 oldest = self._pop_front()
                 if oldest is not None:
                     evicted.append(oldest)
-        # Only a result that counts can take the total over the budget.
-        if size:
-            sizes[task_id] = size
-            self._nbytes += size
-            max_bytes = self.max_bytes
-            if max_bytes is not None and self._nbytes > max_bytes:
-                if evicted is _NONE:
-                    evicted = []
-                # The newest result's slot is the last: while another result
-                # is left, the front slot is an older one's (or stale).
-                while self._nbytes > max_bytes and len(results) > 1:
-                    oldest = self._pop_front()
-                    if oldest is not None:
-                        evicted.append(oldest)
         return evicted
 
     def get(self, task_id: Hashable, now: float) -> TaskResult[Any] | None:
@@ -198,8 +203,6 @@ class ResultStore:
         result = self._results.pop(task_id, None)
         if result is not None:
             del self._expires[task_id]
-            if self._sizes:
-                self._nbytes -= self._sizes.pop(task_id, 0)
             self._go_stale(task_id)
         return result
 
@@ -260,7 +263,10 @@ class ResultStore:
             self._stale[task_id] = count - 1
 
     def _go_stale(self, task_id: Hashable) -> None:
-        # The last slot of task_id no longer holds a result.
+        # The last slot of task_id no longer holds a result (discarded, or
+        # replaced by a new one): its counted size, if any, goes too.
+        if self._sizes:
+            self._nbytes -= self._sizes.pop(task_id, 0)
         self._stale[task_id] = self._stale.get(task_id, 0) + 1
         self._stale_slots += 1
         if self._stale_slots > len(self._results):

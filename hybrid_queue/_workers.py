@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._context import _running as running
+from ._context import running_slot
 from ._errors import CallError
 from ._interrupt import Interruptible
 from ._pool import WorkerPool
@@ -272,9 +272,10 @@ class Runner:
         # comes in a box emptied here, and lives only in ``claim``.
         sched = self._sched
         interruptible = self.interrupt_sync
+        current = running_slot()  # this thread's, for current_task()
         claim: tuple[Record, int] | None = box.pop()
         while claim is not None and not claim[0]._is_coro:
-            claim = sched.finish(claim[0], claim[1], *_call_sync(claim[0], claim[1], interruptible))
+            claim = sched.finish(claim[0], claim[1], *_call_sync(claim, interruptible, current))
             if claim is not None and not claim[0]._is_coro and claim[0]._timeout is not None:
                 sched.on_loop(sched.arm_timeout, claim[0], claim[1], self._timed_out)
         if claim is not None:
@@ -506,7 +507,10 @@ def _timeout_error(task: Record, attempt: int) -> TimeoutError:
     )
 
 
-def _call_sync(task: Record, attempt: int, interruptible: bool) -> tuple[bool, Any, BaseException | None]:
+def _call_sync(
+    claim: tuple[Record, int], interruptible: bool, current: list[tuple[Record, int] | None]
+) -> tuple[bool, Any, BaseException | None]:
+    task, attempt = claim
     fn, args, kwargs = task._fn, task._args, task._kwargs
     # Unlocked read, as in Runner._run_coro: a task cancelled before this
     # point never starts; one cancelled after it is abandoned to finish (or
@@ -514,7 +518,7 @@ def _call_sync(task: Record, attempt: int, interruptible: bool) -> tuple[bool, A
     if fn is None or task._status is not RUNNING or task._attempt != attempt:
         return False, None, _ABANDONED
     task_id = task._id
-    running.claim = (task, attempt)  # for current_task(); cleared before returning
+    current[0] = claim  # for current_task(); cleared before returning
     try:
         if interruptible:
             call = Interruptible()
@@ -528,13 +532,13 @@ def _call_sync(task: Record, attempt: int, interruptible: bool) -> tuple[bool, A
                 assert error is not None
                 return False, None, _programming_error(error, task_id, fn, kwargs)
         else:
-            del task  # not kept by a failure's traceback, which keeps this frame (see Runner._sync_chain)
+            del task, claim  # not kept by a failure's traceback, which keeps this frame (see Runner._sync_chain)
             try:
                 value = fn(*args, **kwargs) if kwargs else fn(*args)
             except BaseException as exc:  # recorded as the attempt's failure, like concurrent.futures
                 return False, None, _programming_error(exc, task_id, fn, kwargs)
     finally:
-        running.claim = None
+        current[0] = None
     if type(value) in _NOT_RESULTS:
         if type(value) is types.CoroutineType:
             value.close()  # never run: closing it spares a "never awaited" warning

@@ -158,12 +158,12 @@ def test_store_count_and_byte_bounds_both_hold():
     assert store.nbytes == 200
 
 
-def test_store_without_a_byte_bound_keeps_the_total_but_evicts_by_count_only():
-    store = ResultStore(ttl=100.0, max_results=10)
+def test_store_without_a_byte_bound_counts_nothing_and_evicts_by_count_only():
+    store = ResultStore(ttl=100.0, max_results=2)
     assert store.max_bytes is None
-    for i in range(3):
-        assert store.add(sized(i, payload(1_000_000)), now=0.0) == []
-    assert store.nbytes == 3_000_000
+    evicted = [store.add(sized(i, payload(1_000_000)), now=0.0) for i in range(3)]
+    assert [[r.task_id for r in e] for e in evicted] == [[], [], [0]]
+    assert store.nbytes == 0  # no budget, no sizing: nothing to keep a total for
 
 
 def test_store_total_follows_expire_discard_eviction_and_clear():
