@@ -82,6 +82,7 @@ async def create_job(job: JobRequest, queue: Queue) -> JobCreated:
     # submit returns as soon as the job is queued: the request does not wait
     # for it to run. Ids are generated ints, unless we pass task_id=.
     handle = await queue.submit(count_primes, job.limit, priority=job.priority)
+    assert isinstance(handle.task_id, int)  # generated: we passed no task_id
     return JobCreated(id=handle.task_id)
 
 

@@ -24,6 +24,7 @@ from ._retry import RetryPolicy as RetryPolicy
 from ._stats import QueueStats as QueueStats
 from ._task import TaskFuture as TaskFuture
 from ._task import TaskHandle as TaskHandle
+from ._task import TaskId as TaskId
 from ._task import TaskResult as TaskResult
 from ._task import TaskStatus as TaskStatus
 
@@ -48,6 +49,7 @@ __all__ = (
     "TaskEvent",
     "TaskFuture",
     "TaskHandle",
+    "TaskId",
     "TaskInterrupted",
     "TaskResult",
     "TaskStatus",

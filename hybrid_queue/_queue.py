@@ -11,7 +11,7 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine, Hashable, Iterable, Sized
+from collections.abc import Callable, Coroutine, Iterable, Sized
 from types import TracebackType
 from typing import Any, TypeVar, TypeVarTuple, overload
 
@@ -24,7 +24,7 @@ from ._retry import RetryPolicy
 from ._scheduler import Scheduler
 from ._stats import QueueStats
 from ._store import ResultStore
-from ._task import Task, TaskFuture, TaskHandle, TaskResult, TaskStatus, fill_record
+from ._task import Task, TaskFuture, TaskHandle, TaskId, TaskResult, TaskStatus, fill_record
 from ._validate import check_int, check_max_retries, check_task_id, check_timeout, is_coroutine_function
 from ._workers import Runner, _shut
 
@@ -451,7 +451,7 @@ class HybridQueue:
         /,
         *args: *Ts,
         priority: int = 0,
-        task_id: Hashable | None = None,
+        task_id: TaskId | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
@@ -465,7 +465,7 @@ class HybridQueue:
         /,
         *args: *Ts,
         priority: int = 0,
-        task_id: Hashable | None = None,
+        task_id: TaskId | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
@@ -480,7 +480,7 @@ class HybridQueue:
         /,
         *args: Any,
         priority: int = 0,
-        task_id: Hashable | None = None,
+        task_id: TaskId | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
@@ -522,7 +522,7 @@ class HybridQueue:
         /,
         *args: *Ts,
         priority: int = 0,
-        task_id: Hashable | None = None,
+        task_id: TaskId | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
@@ -536,7 +536,7 @@ class HybridQueue:
         /,
         *args: *Ts,
         priority: int = 0,
-        task_id: Hashable | None = None,
+        task_id: TaskId | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
@@ -551,7 +551,7 @@ class HybridQueue:
         /,
         *args: Any,
         priority: int = 0,
-        task_id: Hashable | None = None,
+        task_id: TaskId | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
@@ -693,7 +693,7 @@ class HybridQueue:
         /,
         *args: *Ts,
         priority: int = 0,
-        task_id: Hashable | None = None,
+        task_id: TaskId | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
@@ -707,7 +707,7 @@ class HybridQueue:
         /,
         *args: *Ts,
         priority: int = 0,
-        task_id: Hashable | None = None,
+        task_id: TaskId | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
@@ -722,7 +722,7 @@ class HybridQueue:
         /,
         *args: Any,
         priority: int = 0,
-        task_id: Hashable | None = None,
+        task_id: TaskId | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
@@ -763,7 +763,7 @@ class HybridQueue:
         method: str,
         fn: Callable[..., Any],
         priority: int,
-        task_id: Hashable | None,
+        task_id: TaskId | None,
         max_retries: int | None,
         timeout: float | None,
         keep_result: bool = True,
@@ -812,7 +812,7 @@ class HybridQueue:
     def _handle(
         self,
         loop: asyncio.AbstractEventLoop,
-        task_id: Hashable | None,
+        task_id: TaskId | None,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
@@ -830,7 +830,7 @@ class HybridQueue:
 
     # ------------------------------------------------------------------ results
 
-    async def get_result(self, task_id: Hashable, timeout: float | None = None) -> TaskResult[Any]:
+    async def get_result(self, task_id: TaskId, timeout: float | None = None) -> TaskResult[Any]:
         """Wait for the task to finish and return its result; no polling.
 
         Raises TimeoutError after ``timeout`` seconds, and UnknownTaskError
@@ -854,11 +854,11 @@ class HybridQueue:
                 self._sched.drop_waiter(task_id, found)
                 found.cancel()
 
-    def status(self, task_id: Hashable) -> TaskStatus:
+    def status(self, task_id: TaskId) -> TaskStatus:
         """The task's status; UnknownTaskError if never submitted or its result is gone. Any thread."""
         return self._sched.status(task_id)
 
-    def cancel_task(self, task_id: Hashable) -> bool:
+    def cancel_task(self, task_id: TaskId) -> bool:
         """Cancel a task wherever it is; False if unknown or already finished. Any thread.
 
         A pending or retry-waiting task leaves the queue at once. A running
@@ -873,7 +873,7 @@ class HybridQueue:
         # TaskHandle.cancel(): that very task, not whichever holds its id now.
         return self._sched.cancel(record._id, record=record)
 
-    def forget(self, task_id: Hashable) -> bool:
+    def forget(self, task_id: TaskId) -> bool:
         """Drop a stored result early; False if there was none. Any thread."""
         return self._sched.forget(task_id)
 

@@ -6,17 +6,22 @@ import asyncio
 import concurrent.futures
 import enum
 import traceback as _traceback
+import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
     from ._clock import TimerHandle
     from ._interrupt import Interruptible
     from ._queue import HybridQueue
 
-__all__ = ["TaskFuture", "TaskHandle", "TaskResult", "TaskStatus"]
+__all__ = ["TaskFuture", "TaskHandle", "TaskId", "TaskResult", "TaskStatus"]
 
 T = TypeVar("T")
+
+TaskId: TypeAlias = "str | int | float | bytes | uuid.UUID | tuple[TaskId | None, ...]"
+"""What a task id may be: types whose hashing and comparison run no user code (ids are looked up
+under the queue's lock). Generated ids are ints."""
 
 
 class TaskStatus(enum.Enum):
@@ -55,7 +60,7 @@ class TaskResult(NamedTuple, Generic[T]):
     before it ever ran.
     """
 
-    task_id: Any
+    task_id: TaskId
     status: TaskStatus
     result: T | None = None
     error: BaseException | None = None
@@ -146,9 +151,10 @@ class TaskHandle(asyncio.Future[T], _RecordFields):
     _queue_ref: HybridQueue
 
     @property
-    def task_id(self) -> Any:
+    def task_id(self) -> TaskId:
         """The task's id in its queue (generated, or the ``task_id`` given to submit). Read-only."""
-        return self._id
+        task_id: TaskId = self._id
+        return task_id
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the task; True if it was still unfinished.
@@ -199,7 +205,8 @@ class TaskFuture(concurrent.futures.Future[T]):
 
     def __init__(self, queue: HybridQueue) -> None:
         super().__init__()
-        self.task_id: Any = None
+        # Set by submit_blocking before it returns the future.
+        self.task_id: TaskId = None  # type: ignore[assignment]
         self._queue_ref = queue
 
     def running(self) -> bool:

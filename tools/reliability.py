@@ -26,6 +26,11 @@ SUITES = {
     "races": "tests/test_races.py",
     "bad_input": "tests/test_bad_input.py",
     "core": "tests/test_core.py",
+    "hardening": "tests/test_hardening.py",
+    "lifecycle": "tests/test_lifecycle.py",
+    "interrupt": "tests/test_interrupt.py",
+    "memory": "tests/test_memory.py",
+    "pool": "tests/test_pool.py",
 }
 
 
@@ -70,6 +75,24 @@ def _table(counts: dict[str, dict[str, int]], totals: dict[str, int]) -> list[st
             f"{counts['bad_input']['passed']:,}",
             "test_bad_input.py",
         ),
+        (
+            "Shutdown, signal, fork and dead-loop cases passed",
+            f"{counts['lifecycle']['passed']:,}",
+            "test_lifecycle.py",
+        ),
+        (
+            "Hardening cases passed (ids, listeners, programming errors, stopping sync handlers)",
+            f"{counts['hardening']['passed']:,}",
+            "test_hardening.py",
+        ),
+        ("Interrupt cases passed", f"{counts['interrupt']['passed']:,}", "test_interrupt.py"),
+        ("Interrupts raced against the handler's return", f("interrupt_race_rounds"), "test_interrupt.py"),
+        (
+            "Memory and result-budget cases passed",
+            f"{counts['memory']['passed']:,}",
+            "test_memory.py",
+        ),
+        ("Owned thread pool cases passed", f"{counts['pool']['passed']:,}", "test_pool.py"),
         ("Tests checked for leaked threads", f("tests_checked_for_leaked_threads"), "conftest.py"),
         ("Tests checked for leaked asyncio tasks", f("tests_checked_for_leaked_asyncio_tasks"), "conftest.py"),
         (
@@ -124,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         "  in review.",
         "- `test_bad_input.py`: a table of bad calls, each raising a specific error at the call site",
         "  and leaving stats and statuses unchanged.",
+        "- `test_lifecycle.py`: shutdown that starts no new attempt, `shutdown_blocking` from many",
+        "  threads at once, signal handlers that interrupt the queue, a loop that ended without",
+        "  shutdown, a dropped queue, a forked child, a process exiting past a stuck handler.",
+        "- `test_hardening.py`: ids hashed under the lock, listeners removed while called, the bridge",
+        "  on a closed loop, programming errors not retried, sync handlers stopped by a cooperative",
+        "  check or an interrupt, results kept or not.",
+        "- `test_interrupt.py`: the interrupt raised in the handler or not at all, never after it returned.",
+        "- `test_memory.py`: memory given back after a cancelled burst; the byte budget of results.",
+        "- `test_pool.py`: the queue's own thread pool, and how it lets the process exit.",
         "",
     ]
     args.out.write_text("\n".join(text))

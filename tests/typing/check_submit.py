@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import assert_type
 
-from hybrid_queue import HybridQueue, TaskFuture, TaskHandle
+from hybrid_queue import HybridQueue, TaskFuture, TaskHandle, TaskId
 
 
 async def fetch(url: str, retries: int = 0) -> bytes:
@@ -33,6 +33,12 @@ async def main(queue: HybridQueue) -> None:
     assert_type(await (await queue.submit(fetch, "u")), bytes)
     assert_type(queue.submit_blocking(parse, b"x").result(), int)
     assert_type(await queue.submit(functools.partial(parse, b"x")), TaskHandle[int])
+
+    # Ids: a narrow type, not Any; ids whose hashing is user code are rejected.
+    assert_type((await queue.submit(fetch, "u", task_id=("tenant", 3))).task_id, TaskId)
+    assert_type(queue.submit_blocking(parse, b"x").task_id, TaskId)
+    queue.status(["not", "hashable"])  # type: ignore[arg-type]
+    await queue.submit(fetch, "u", task_id=object())  # type: ignore[call-overload]
 
     assert_type(await queue.submit_many(fetch, ["a", "b"]), list[TaskHandle[bytes]])
     assert_type(await queue.submit_many(parse, [b"x"], priority=2), list[TaskHandle[int]])
