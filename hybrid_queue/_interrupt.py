@@ -160,3 +160,8 @@ class Interruptible:
             return bool(found == 1)
 
     cancel = interrupt  # stands where the scheduler keeps what to cancel to stop an attempt
+
+    @property
+    def thread_id(self) -> int:
+        """The identifier of the thread that runs (or will run) :meth:`call`."""
+        return self._thread_id

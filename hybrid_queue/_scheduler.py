@@ -27,6 +27,7 @@ from ._clock import Clock, TimerHandle
 from ._errors import CallError, DuplicateTaskError, QueueFull, QueueShutDown, UnknownTaskError
 from ._events import EventKind, TaskEvent
 from ._heap import PriorityHeap
+from ._interrupt import Interruptible
 from ._retry import RetryPolicy
 from ._stats import QueueStats
 from ._store import ResultStore
@@ -829,7 +830,14 @@ class Scheduler:
             if timer is not None:
                 self.on_loop(timer.cancel)
             if state is RUNNING:
-                self.on_loop(self.interrupt, task, attempt)
+                runner = task._runner
+                if type(runner) is Interruptible and runner.thread_id != threading.get_ident():
+                    # A sync handler that can be interrupted from any thread:
+                    # at once, not a loop step (and a GIL hand-over) later. A
+                    # stale one (an earlier attempt's) refuses, as it is done.
+                    runner.interrupt()
+                else:
+                    self.on_loop(self.interrupt, task, attempt)
             self.deliver(task, result)
         if wake:
             self.on_loop(self._wake_idle)
