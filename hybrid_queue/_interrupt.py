@@ -28,11 +28,15 @@ thread, not the main thread, where ``KeyboardInterrupt`` may arrive as well.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["Interruptible", "TaskInterrupted"]
+__all__ = ["Interruptible", "TaskInterrupted", "arm", "shielded"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # A prototype of our own rather than ``ctypes.pythonapi.PyThreadState_SetAsyncExc``,
 # whose argtypes are shared with whatever else in the process sets them.
@@ -43,10 +47,49 @@ _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_objec
 _NULL = ctypes.py_object()  # passed as the exception: cancel the one pending, if any
 
 # The states of an Interruptible, each a transition made under its lock.
-_NEW = "new"  # call() not entered yet: nothing to interrupt
+_NEW = "new"  # call() not entered yet
+_EARLY = "early"  # interrupted before call() began: call() will not run fn
 _RUNNING = "running"  # call() is running fn (or its own code around fn)
+_DEFERRED = "deferred"  # as _RUNNING, interrupted while shielded: sent when the last shield lifts
 _INTERRUPTED = "interrupted"  # as _RUNNING, and TaskInterrupted was sent: pending, or raised already
 _DONE = "done"  # call() has finished its bookkeeping: nothing pending, nothing more will be sent
+
+# Per thread: the Interruptible whose call() runs there now, for shielded().
+_local = threading.local()
+# True once some queue interrupts its sync handlers: until then shielded()
+# costs its callers one global read.
+_armed = False
+
+
+def arm() -> None:
+    """Make shielded() methods check for an interruptible call on their thread; for good."""
+    global _armed
+    _armed = True
+
+
+def shielded(method: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a queue method so that an interrupt never lands inside it.
+
+    A handler that calls the queue (submit_blocking, cancel_task, stats)
+    while its own task is cancelled would otherwise receive TaskInterrupted
+    in the middle of the scheduler's bookkeeping, perhaps with its lock
+    held. Inside the method the interrupt is deferred; it is raised as the
+    method returns to the handler.
+    """
+
+    @functools.wraps(method)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        if _armed:
+            running: Interruptible | None = getattr(_local, "current", None)
+            if running is not None:
+                running._shield()
+                try:
+                    return method(*args, **kwargs)
+                finally:
+                    running._unshield()
+        return method(*args, **kwargs)
+
+    return guarded
 
 
 class TaskInterrupted(BaseException):
@@ -60,7 +103,7 @@ class TaskInterrupted(BaseException):
 class Interruptible:
     """One call of a sync handler in the calling thread, which any other thread may interrupt once."""
 
-    __slots__ = ("_lock", "_state", "_thread_id")
+    __slots__ = ("_lock", "_shields", "_state", "_thread_id")
 
     def __init__(self) -> None:
         """Made on the thread that will run :meth:`call`."""
@@ -70,8 +113,11 @@ class Interruptible:
         # _leave() disposes of whatever is pending and enters _DONE in one
         # critical section. So no send can follow the disposal: once _leave()
         # has run, nothing is pending and nothing more will be sent.
+        # A shield (the thread inside a queue method) defers a send to its
+        # lifting, made on the thread itself, under the same lock.
         self._lock = threading.Lock()
         self._state = _NEW
+        self._shields = 0
         self._thread_id = threading.get_ident()
 
     def call(
@@ -85,9 +131,14 @@ class Interruptible:
         the thread, nor can one be raised later. Raises RuntimeError when called
         a second time or from another thread.
         """
-        if self._state is not _NEW or threading.get_ident() != self._thread_id:
+        if self._state not in (_NEW, _EARLY) or threading.get_ident() != self._thread_id:
             raise RuntimeError("Interruptible.call() runs once, on the thread that made the object")
+        with self._lock:
+            if self._state is _EARLY:  # cancelled before it began: fn never runs
+                self._state = _DONE
+                return False, None, TaskInterrupted()
         outcome: tuple[bool, Any, BaseException | None] | None = None
+        _local.current = self
         try:
             try:
                 with self._lock:
@@ -137,6 +188,21 @@ class Interruptible:
                 except TaskInterrupted:
                     pass
             self._state = _DONE
+        _local.current = None
+
+    def _shield(self) -> None:
+        # This object's thread, entering a queue method.
+        with self._lock:
+            self._shields += 1
+
+    def _unshield(self) -> None:
+        # This object's thread, leaving a queue method: a deferred interrupt
+        # is sent now, to this very thread, and raised as the call returns.
+        with self._lock:
+            self._shields -= 1
+            if self._shields == 0 and self._state is _DEFERRED:
+                self._state = _INTERRUPTED
+                _set_async_exc(self._thread_id, TaskInterrupted)
 
     def interrupt(self) -> bool:
         """Raise TaskInterrupted in the thread of :meth:`call` if fn is still running there.
@@ -146,8 +212,14 @@ class Interruptible:
         one in call(); it takes a lock briefly and never waits for fn.
         """
         with self._lock:
+            if self._state is _NEW:
+                self._state = _EARLY  # call() will not run fn
+                return True
             if self._state is not _RUNNING:
                 return False
+            if self._shields:
+                self._state = _DEFERRED  # sent when the thread leaves the queue's code
+                return True
             # The state changes before the send: if this thread is itself
             # interrupted right after the send, _leave() still disposes of it.
             self._state = _INTERRUPTED

@@ -75,9 +75,12 @@ atexit.register(_join_at_exit)
 
 def _new_registry_lock() -> None:
     # A thread of the parent may have held the lock when it forked; in the
-    # child nobody would ever release it.
+    # child nobody would ever release it. The parent's pools are not the
+    # child's to join at exit (their threads, and maybe their locks, stayed
+    # in the parent).
     global _registry_lock
     _registry_lock = threading.Lock()
+    _LIVE.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -187,6 +190,16 @@ class WorkerPool(concurrent.futures.Executor):
         )
         thread.start()
         self._threads.append(thread)
+
+    def abandon(self) -> None:
+        """Refuse new calls and let the threads exit once the queued calls are done, taking no lock.
+
+        For a finalizer, which may run on a thread that holds this pool's
+        lock or the registry's. The pool stays registered, so the exit hook
+        still joins its threads, which by then have ended. Any thread.
+        """
+        self._shutdown = True  # one store; nobody submits to a pool whose owner is gone
+        self._put(None)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new calls and let the threads exit once the queued calls are done. Any thread; idempotent.

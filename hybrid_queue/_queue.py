@@ -19,6 +19,7 @@ from ._background import LoopThread
 from ._clock import Clock
 from ._errors import QueueFull
 from ._events import TaskEvent
+from ._interrupt import arm, shielded
 from ._pool import WorkerPool
 from ._retry import RetryPolicy
 from ._scheduler import Scheduler
@@ -36,11 +37,11 @@ Ts = TypeVarTuple("Ts")
 
 logger = logging.getLogger("hybrid_queue")
 
-# Where the scheduler's lock is taken: a frame of this file on the stack of
-# the thread that calls shutdown_blocking means it re-entered the queue (a
-# signal handler that interrupted submit_blocking or stats, say), perhaps
-# with the lock held.
-_SCHEDULER_FILE = sys.modules[Scheduler.__module__].__file__
+# Where the scheduler's lock is taken: a frame of that module on the stack
+# of the thread that calls shutdown_blocking, while the lock is held, means
+# it re-entered the queue (a signal handler that interrupted submit_blocking
+# or stats, say), perhaps holding the lock itself.
+_SCHEDULER_GLOBALS = vars(sys.modules[Scheduler.__module__])
 
 
 class HybridQueue:
@@ -125,6 +126,8 @@ class HybridQueue:
         )
         if interrupt_sync_handlers is not True and interrupt_sync_handlers is not False:
             raise TypeError(f"interrupt_sync_handlers must be True or False, got {interrupt_sync_handlers!r}")
+        if interrupt_sync_handlers:
+            arm()  # from now on the queue methods a handler may call are shielded
         self._runner = Runner(self._sched, executor, factory, interrupt_sync_handlers)
         # The last handler submitted and whether it is a coroutine function.
         # One attribute, written whole: threads submit concurrently. A weak
@@ -306,6 +309,7 @@ class HybridQueue:
             raise
         self._background = background
 
+    @shielded
     def shutdown_blocking(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> None:
         """``shutdown`` for sync code: block the calling thread until it is done.
 
@@ -327,7 +331,7 @@ class HybridQueue:
         timeout = check_timeout("timeout", timeout)
         if self._sched.forked:
             return
-        _refuse_reentry("shutdown_blocking")
+        _refuse_reentry("shutdown_blocking", self._sched.lock)
         loop = self._sched.loop
         if threading.get_ident() == self._sched.loop_thread and loop is not None and not loop.is_closed():
             raise RuntimeError(
@@ -403,22 +407,19 @@ class HybridQueue:
         task.add_done_callback(self._requests.discard)
 
     def __del__(self) -> None:
-        # Like an unclosed event loop: warn, and let go of the threads the
-        # queue owns. No lock is taken here: a collection can run this on a
-        # thread that holds the scheduler's lock.
+        # Like an unclosed event loop: let go of the threads the queue owns,
+        # then warn (last: under -W error the warning raises). No lock is
+        # taken here, not even a pool's: a collection can run this on a
+        # thread that holds one.
         if getattr(self, "_lifecycle", "new") == "new" or self._sched.forked:
             return
-        background, executor = self._background, None
-        if self._lifecycle == "running":
-            warnings.warn(
-                f"unclosed HybridQueue with {self._sched.workers} workers was dropped while running; "
-                "call shutdown() or shutdown_blocking(), or use `async with` / `with`",
-                ResourceWarning,
-                source=self,
-                stacklevel=2,
-            )
-            executor = self._runner.take_executor()
+        background = self._background
+        running = self._lifecycle == "running"
+        executor = self._runner.abandon_executor() if running else None
         loop = background.loop if background is not None else self._sched.loop
+        if isinstance(executor, WorkerPool):
+            executor.abandon()  # lock-free: its threads end after what is queued
+            executor = None
         try:
             if loop is None or loop.is_closed():
                 raise RuntimeError("loop closed")
@@ -427,8 +428,16 @@ class HybridQueue:
             if background is not None:
                 loop.call_soon_threadsafe(loop.stop)  # the loop thread cleans up and ends
         except RuntimeError:
-            if executor is not None:
-                _shut(executor, wait=False)
+            if executor is not None:  # another kind of pool: shut down from a thread of its own
+                threading.Thread(target=_shut, args=(executor, False), name="hybrid_queue-join", daemon=True).start()
+        if running:
+            warnings.warn(
+                f"unclosed HybridQueue with {self._sched.workers} workers was dropped while running; "
+                "call shutdown() or shutdown_blocking(), or use `async with` / `with`",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
 
     def __enter__(self) -> HybridQueue:
         self.start_background()
@@ -716,7 +725,8 @@ class HybridQueue:
 
     # The overloads are what callers are checked against; mypy cannot match
     # their *Ts to this implementation's *args: Any.
-    def submit_blocking(  # type: ignore[misc]
+    @shielded  # type: ignore[misc]
+    def submit_blocking(
         self,
         fn: Callable[..., Any],
         /,
@@ -854,10 +864,12 @@ class HybridQueue:
                 self._sched.drop_waiter(task_id, found)
                 found.cancel()
 
+    @shielded
     def status(self, task_id: TaskId) -> TaskStatus:
         """The task's status; UnknownTaskError if never submitted or its result is gone. Any thread."""
         return self._sched.status(task_id)
 
+    @shielded
     def cancel_task(self, task_id: TaskId) -> bool:
         """Cancel a task wherever it is; False if unknown or already finished. Any thread.
 
@@ -873,16 +885,19 @@ class HybridQueue:
         # TaskHandle.cancel(): that very task, not whichever holds its id now.
         return self._sched.cancel(record._id, record=record)
 
+    @shielded
     def forget(self, task_id: TaskId) -> bool:
         """Drop a stored result early; False if there was none. Any thread."""
         return self._sched.forget(task_id)
 
+    @shielded
     def stats(self) -> QueueStats:
         """A consistent snapshot of the counters. Any thread."""
         return self._sched.stats()
 
     # ------------------------------------------------------------------- events
 
+    @shielded
     def add_listener(self, listener: Callable[[TaskEvent], object]) -> None:
         """Call ``listener(event)`` with a :class:`TaskEvent` for every state change from now on.
 
@@ -897,6 +912,7 @@ class HybridQueue:
             raise TypeError(f"listener must be callable with one TaskEvent, got {listener!r}")
         self._sched.add_listener(listener)
 
+    @shielded
     def remove_listener(self, listener: Callable[[TaskEvent], object]) -> None:
         """Stop calling ``listener`` (once, if it was added twice). Any thread.
 
@@ -906,13 +922,13 @@ class HybridQueue:
             raise ValueError(f"{listener!r} is not a listener of this queue; add_listener() it first")
 
 
-def _refuse_reentry(method: str) -> None:
+def _refuse_reentry(method: str, scheduler_lock: threading.Lock) -> None:
     # A signal handler runs on top of the frames it interrupted: if one of
     # them is the scheduler's, this thread may hold its lock, and blocking
     # until the shutdown takes it would never end.
     frame = sys._getframe(2)
     while frame is not None:
-        if frame.f_code.co_filename == _SCHEDULER_FILE:
+        if frame.f_globals is _SCHEDULER_GLOBALS and scheduler_lock.locked():
             raise RuntimeError(
                 f"{method}() was called while this thread is inside the queue (a signal handler that "
                 "interrupted submit_blocking() or stats()?), where blocking would deadlock; from signal "

@@ -132,6 +132,11 @@ class Runner:
                 _shut(broken, wait=False)
             return self._executor
 
+    def abandon_executor(self) -> concurrent.futures.Executor | None:
+        """As take_executor, taking no lock: for a finalizer, which may run where the lock is held."""
+        self._executor_closed = True
+        return self._executor if self._factory is not None else None
+
     def take_executor(self) -> concurrent.futures.Executor | None:
         """The owned executor, for the queue to shut down; from now on none is made or replaced."""
         with self._replacing:
@@ -512,6 +517,13 @@ def _call_sync(
 ) -> tuple[bool, Any, BaseException | None]:
     task, attempt = claim
     fn, args, kwargs = task._fn, task._args, task._kwargs
+    if interruptible:
+        # Published before the check below: a cancel that sets the state
+        # after the check finds this and interrupts it (before call()
+        # begins, call() then never runs fn). Not cleared afterwards: a
+        # later attempt replaces it, and a finished one refuses to act.
+        call = Interruptible()
+        task._runner = call  # what Scheduler.interrupt cancels
     # Unlocked read, as in Runner._run_coro: a task cancelled before this
     # point never starts; one cancelled after it is abandoned to finish (or
     # interrupted, when the queue interrupts sync handlers).
@@ -521,13 +533,8 @@ def _call_sync(
     current[0] = claim  # for current_task(); cleared before returning
     try:
         if interruptible:
-            call = Interruptible()
-            task._runner = call  # what Scheduler.interrupt cancels
-            try:
-                ok, value, error = call.call(fn, args, kwargs)
-            finally:
-                if task._runner is call:
-                    task._runner = None
+            del task, claim  # not kept by a failure's traceback (see below)
+            ok, value, error = call.call(fn, args, kwargs)
             if not ok:
                 assert error is not None
                 return False, None, _programming_error(error, task_id, fn, kwargs)

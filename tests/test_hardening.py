@@ -14,7 +14,15 @@ import uuid
 import pytest
 from conftest import wait_until
 
-from hybrid_queue import CallError, HybridQueue, RetryPolicy, TaskEvent, UnknownTaskError, current_task
+from hybrid_queue import (
+    CallError,
+    HybridQueue,
+    RetryPolicy,
+    TaskEvent,
+    TaskInterrupted,
+    UnknownTaskError,
+    current_task,
+)
 from hybrid_queue._bridge import LoopBridge
 from hybrid_queue.testing import FakeClock
 
@@ -290,3 +298,72 @@ async def test_an_interruptible_sync_handler_is_stopped_by_its_timeout(make_queu
     with pytest.raises(TimeoutError):
         await h
     await wait_until(lambda: q.stats().busy_workers == 0)
+
+
+def test_an_interrupt_never_lands_inside_the_queue_methods_a_handler_calls():
+    # The interrupt of a handler comes just as the handler's submit_blocking
+    # has taken the scheduler's lock by hand (a profile hook picks that
+    # instant): raised there, it would leave the lock held for good. It is
+    # held back until the call has done its work, and raised as it returns.
+    import sys
+
+    with HybridQueue(2, interrupt_sync_handlers=True) as q:
+
+        def parent() -> None:
+            me = q._sched._live["parent"]
+
+            def hook(frame, event, arg):  # type: ignore[no-untyped-def]
+                if (
+                    event == "c_return"
+                    and frame.f_code.co_name == "_guard"
+                    and getattr(arg, "__name__", "") == "acquire"
+                ):
+                    sys.setprofile(None)
+                    me._runner.interrupt()  # as a cancel from another thread would, at this very instant
+
+            sys.setprofile(hook)
+            try:
+                q.submit_blocking(abs, -1, task_id="child")
+            finally:
+                sys.setprofile(None)
+
+        future = q.submit_blocking(parent, task_id="parent")
+        with pytest.raises(TaskInterrupted):
+            future.result(10)
+        assert not q._sched.lock.locked()
+        # The child was accepted whole, and runs.
+        assert asyncio.run_coroutine_threadsafe(q.get_result("child", timeout=10), q._sched.loop).result(10).result == 1
+        s = q.stats()
+        assert s.submitted == s.completed + s.failed + s.cancelled == 2
+
+
+def test_the_pool_lets_go_of_its_threads_without_a_lock_for_a_finalizer():
+    from hybrid_queue import _pool
+
+    pool = _pool.WorkerPool(2, thread_name_prefix="hybrid_queue-abandon")
+    assert pool.submit(abs, -1).result(10) == 1
+    # A collection may run a dropped queue's finalizer on a thread that
+    # holds the registry's lock (or the pool's): abandon() takes neither.
+    with _pool._registry_lock, pool._lock:
+        pool.abandon()
+    with pytest.raises(RuntimeError):
+        pool.submit(abs, -1)
+    # The no_leaked_threads fixture checks that its threads end.
+
+
+def test_a_dropped_queue_lets_go_of_its_threads_even_when_its_warning_raises(monkeypatch):
+    import gc
+    import sys
+    import warnings
+
+    caught: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: caught.append(u.exc_value))
+    q = HybridQueue(2)
+    q.start_background()
+    assert q.submit_blocking(abs, -1).result(10) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del q
+        gc.collect()
+    assert [type(e) for e in caught] == [ResourceWarning]
+    # The no_leaked_threads fixture checks that the loop and pool threads end.

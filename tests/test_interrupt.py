@@ -124,10 +124,45 @@ def test_interrupt_after_return_is_refused_and_never_raised() -> None:
     assert caller.join() == (True, 42, None)
 
 
-def test_interrupt_before_call_is_refused() -> None:
+def test_interrupt_before_call_means_fn_never_runs() -> None:
+    # The queue publishes the object before it checks the task is still
+    # running: a cancel in between must not be lost.
+    ran: list[int] = []
     job = Interruptible()
-    assert job.interrupt() is False
-    assert job.call(python_work, (1_000,), None) == (True, python_work(1_000), None)
+    assert job.interrupt() is True
+    assert job.interrupt() is False  # once
+    ok, value, error = job.call(ran.append, (1,), None)
+    assert (ok, value, type(error), ran) == (False, None, TaskInterrupted, [])
+    python_work(1_000)  # nothing pending for this thread
+
+
+def test_an_interrupt_while_shielded_is_raised_as_the_shield_lifts() -> None:
+    # The queue's own methods are shielded: an interrupt that comes while
+    # the handler is inside one is held back until the method returns.
+    from hybrid_queue import _interrupt
+
+    entered, release = threading.Event(), threading.Event()
+    inside_done: list[bool] = []
+
+    @_interrupt.shielded
+    def queue_method() -> None:
+        entered.set()
+        release.wait(JOIN)
+        python_work(10_000)  # would be hit here, were it not shielded
+        inside_done.append(True)
+
+    def handler() -> str:
+        queue_method()
+        return "not interrupted"
+
+    _interrupt.arm()
+    caller = Caller(handler)
+    assert entered.wait(JOIN)
+    assert caller.job.interrupt() is True  # deferred
+    release.set()
+    ok, value, error = caller.join()
+    assert inside_done == [True]
+    assert (ok, value, type(error)) == (False, None, TaskInterrupted)
 
 
 def test_handler_that_catches_the_interrupt_returns_its_value(spinner: Spinner) -> None:
