@@ -132,7 +132,11 @@ class ResultStore:
         return self._nbytes
 
     def add(
-        self, result: TaskResult[Any], now: float, _fixed_small: frozenset[type] = _FIXED_SMALL
+        self,
+        result: TaskResult[Any],
+        now: float,
+        _fixed_small: frozenset[type] = _FIXED_SMALL,
+        _in_c: Any = MethodDescriptorType,
     ) -> list[TaskResult[Any]]:
         """Store ``result``; return the older results the count and byte bounds evicted, oldest first.
 
@@ -140,9 +144,9 @@ class ResultStore:
         owner can let go of them after releasing its lock: a result's
         ``__del__`` is user code. ``result`` itself is never evicted.
         """
-        # Runs once per task: the byte budget costs one type check here
-        # for the usual small result (``_fixed_small``, a constant bound as
-        # a local), and the rest is in _count_bytes.
+        # Runs once per task: the byte budget costs a number or None one type
+        # check, any other result one size lookup (the last two parameters
+        # are constants, bound as locals), and a result that counts the rest.
         task_id = result.task_id
         results = self._results
         if task_id in results:
@@ -157,27 +161,28 @@ class ResultStore:
         times = self._times
         self._ids.append(task_id)
         times.append(expires_at if not times or times[-1] <= expires_at else times[-1])
-        if len(results) <= self.max_results:
-            if type(result.result) in _fixed_small or self.max_bytes is None:
-                return _NONE
-            return self._count_bytes(task_id, result.result, _NONE)
-        evicted = []
-        while len(results) > self.max_results:
-            oldest = self._pop_front()
-            if oldest is not None:
-                evicted.append(oldest)
-        if type(result.result) in _fixed_small or self.max_bytes is None:
+        evicted = _NONE
+        if len(results) > self.max_results:
+            evicted = []
+            while len(results) > self.max_results:
+                oldest = self._pop_front()
+                if oldest is not None:
+                    evicted.append(oldest)
+        value = result.result
+        if type(value) in _fixed_small or self.max_bytes is None:
             return evicted
-        return self._count_bytes(task_id, result.result, evicted)
+        # shallow_size(value), inlined
+        sizeof: Any = type(value).__sizeof__
+        size: int = sizeof(value) if type(sizeof) is _in_c else _object_sizeof(value)
+        if size < self.min_counted:
+            return evicted
+        return self._count_bytes(task_id, size, evicted)
 
-    def _count_bytes(self, task_id: Hashable, value: object, evicted: list[TaskResult[Any]]) -> list[TaskResult[Any]]:
-        # The just-stored result of task_id, of a type that may be large:
-        # count it if it reaches min_counted, and evict the oldest results
-        # (onto ``evicted``) while the total is over the budget.
-        size = shallow_size(value)
+    def _count_bytes(self, task_id: Hashable, size: int, evicted: list[TaskResult[Any]]) -> list[TaskResult[Any]]:
+        # The just-stored result of task_id counts ``size`` bytes: evict the
+        # oldest results (onto ``evicted``) while the total is over the budget.
         max_bytes = self.max_bytes
-        if size < self.min_counted or max_bytes is None:
-            return evicted
+        assert max_bytes is not None
         self._sizes[task_id] = size
         self._nbytes += size
         if self._nbytes > max_bytes:
