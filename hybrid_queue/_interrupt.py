@@ -133,21 +133,24 @@ class Interruptible:
         """
         if self._state not in (_NEW, _EARLY) or threading.get_ident() != self._thread_id:
             raise RuntimeError("Interruptible.call() runs once, on the thread that made the object")
-        with self._lock:
-            if self._state is _EARLY:  # cancelled before it began: fn never runs
-                self._state = _DONE
-                return False, None, TaskInterrupted()
         outcome: tuple[bool, Any, BaseException | None] | None = None
         _local.current = self
         try:
             try:
+                # One hold: an interrupt before it is kept (_EARLY: fn never
+                # runs), one after it finds _RUNNING.
                 with self._lock:
-                    self._state = _RUNNING
-                # From here on, the one TaskInterrupted may be raised at any
-                # instruction until _leave() has run: in fn, as intended, but
-                # also in the lines around fn, which the outer handler covers.
-                value = fn(*args, **kwargs) if kwargs else fn(*args)
-                outcome = (True, value, None)
+                    early = self._state is _EARLY
+                    self._state = _DONE if early else _RUNNING
+                if early:
+                    outcome = (False, None, TaskInterrupted())
+                else:
+                    # From here on, the one TaskInterrupted may be raised at
+                    # any instruction until _leave() has run: in fn, as
+                    # intended, but also in the lines around fn, which the
+                    # outer handler covers.
+                    value = fn(*args, **kwargs) if kwargs else fn(*args)
+                    outcome = (True, value, None)
             except BaseException as exc:
                 outcome = (False, None, exc)
             finally:

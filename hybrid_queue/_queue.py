@@ -42,6 +42,7 @@ logger = logging.getLogger("hybrid_queue")
 # it re-entered the queue (a signal handler that interrupted submit_blocking
 # or stats, say), perhaps holding the lock itself.
 _SCHEDULER_GLOBALS = vars(sys.modules[Scheduler.__module__])
+_REENTRY_PROBE = 0.5  # seconds
 
 
 class HybridQueue:
@@ -928,7 +929,14 @@ def _refuse_reentry(method: str, scheduler_lock: threading.Lock) -> None:
     # until the shutdown takes it would never end.
     frame = sys._getframe(2)
     while frame is not None:
-        if frame.f_globals is _SCHEDULER_GLOBALS and scheduler_lock.locked():
+        if frame.f_globals is _SCHEDULER_GLOBALS:
+            # Inside the scheduler, perhaps holding its lock: the lock says
+            # not who holds it, but the scheduler holds it only for short
+            # bookkeeping, so one that cannot be taken within a while is
+            # this thread's own.
+            if scheduler_lock.acquire(timeout=_REENTRY_PROBE):
+                scheduler_lock.release()
+                return
             raise RuntimeError(
                 f"{method}() was called while this thread is inside the queue (a signal handler that "
                 "interrupted submit_blocking() or stats()?), where blocking would deadlock; from signal "

@@ -842,6 +842,18 @@ class Scheduler:
         if wake:
             self.on_loop(self._wake_idle)
 
+    def publish_runner(self, task: Record, attempt: int, runner: Any) -> bool:
+        """Make ``runner`` what interrupt() cancels for ``attempt``; False if that attempt already ended.
+
+        Under the lock, so that a cancel or timeout either ends the attempt
+        before (and the handler never starts) or finds the runner after.
+        """
+        with self.lock:
+            if task._status is not RUNNING or task._attempt != attempt:
+                return False
+            task._runner = runner
+            return True
+
     def interrupt(self, task: Record, attempt: int) -> None:
         """Cancel the handler running ``attempt`` of ``task``, if it still is. Loop only."""
         # For a coroutine, ``runner`` is set and cleared on this thread only,

@@ -276,7 +276,7 @@ class Runner:
         # record (often the user's handle) once done with it: the claim
         # comes in a box emptied here, and lives only in ``claim``.
         sched = self._sched
-        interruptible = self.interrupt_sync
+        interruptible = sched if self.interrupt_sync else None
         current = running_slot()  # this thread's, for current_task()
         claim: tuple[Record, int] | None = box.pop()
         while claim is not None and not claim[0]._is_coro:
@@ -513,17 +513,18 @@ def _timeout_error(task: Record, attempt: int) -> TimeoutError:
 
 
 def _call_sync(
-    claim: tuple[Record, int], interruptible: bool, current: list[tuple[Record, int] | None]
+    claim: tuple[Record, int], interruptible: Scheduler | None, current: list[tuple[Record, int] | None]
 ) -> tuple[bool, Any, BaseException | None]:
     task, attempt = claim
     fn, args, kwargs = task._fn, task._args, task._kwargs
-    if interruptible:
-        # Published before the check below: a cancel that sets the state
-        # after the check finds this and interrupts it (before call()
-        # begins, call() then never runs fn). Not cleared afterwards: a
-        # later attempt replaces it, and a finished one refuses to act.
+    if interruptible is not None:
+        # Published under the scheduler's lock, only while the attempt still
+        # runs: a cancel or timeout after that finds it (and before call()
+        # begins, call() then never runs fn); a late thread of an attempt
+        # that ended cannot put its own over a newer attempt's.
         call = Interruptible()
-        task._runner = call  # what Scheduler.interrupt cancels
+        if fn is None or not interruptible.publish_runner(task, attempt, call):
+            return False, None, _ABANDONED
     # Unlocked read, as in Runner._run_coro: a task cancelled before this
     # point never starts; one cancelled after it is abandoned to finish (or
     # interrupted, when the queue interrupts sync handlers).
@@ -532,7 +533,7 @@ def _call_sync(
     task_id = task._id
     current[0] = claim  # for current_task(); cleared before returning
     try:
-        if interruptible:
+        if interruptible is not None:
             del task, claim  # not kept by a failure's traceback (see below)
             ok, value, error = call.call(fn, args, kwargs)
             if not ok:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 
 import pytest
@@ -367,3 +368,44 @@ def test_a_dropped_queue_lets_go_of_its_threads_even_when_its_warning_raises(mon
         gc.collect()
     assert [type(e) for e in caught] == [ResourceWarning]
     # The no_leaked_threads fixture checks that the loop and pool threads end.
+
+
+def test_a_late_thread_of_an_ended_attempt_does_not_take_over_the_next_attempts_interrupt(monkeypatch):
+    # Attempt 1 times out before its pool thread reaches the handler (held
+    # back here until attempt 2 runs); arriving late, that thread must not
+    # publish its own runner over attempt 2's, or attempt 2's timeout
+    # would interrupt the stale one and let attempt 2 run on.
+    import hybrid_queue._workers as workers
+
+    second_started, stop = threading.Event(), threading.Event()
+    interrupted: list[int] = []
+    original = workers._call_sync
+
+    def late_first(claim, interruptible, current):  # type: ignore[no-untyped-def]
+        if claim[1] == 1:
+            second_started.wait(10)
+        return original(claim, interruptible, current)
+
+    monkeypatch.setattr(workers, "_call_sync", late_first)
+
+    def spin() -> None:
+        second_started.set()
+        try:
+            while not stop.is_set():
+                pass
+        except TaskInterrupted:
+            interrupted.append(current_task().attempt)
+            raise
+
+    retry = RetryPolicy(max_retries=1, base_delay=0.0, retry_on=(TimeoutError,))
+    with HybridQueue(2, interrupt_sync_handlers=True, retry=retry) as q:
+        try:
+            future = q.submit_blocking(spin, timeout=0.1)
+            with pytest.raises(TimeoutError):
+                future.result(10)
+            deadline = time.monotonic() + 10
+            while q.stats().busy_workers and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert interrupted == [2]
+        finally:
+            stop.set()
