@@ -73,18 +73,21 @@ class _Trial:
 
     def run(self) -> None:  # on the worker thread
         self.job = Interruptible()
-        self.job.call(self._spin, (), None)
+        self.job.call(_spin, (self,), None)
         self.returned_at = perf_counter()
         self.done.set()
 
-    def _spin(self) -> None:
-        self.inside.set()
-        try:
-            while not self.stop:
-                pass
-        except TaskInterrupted:
-            self.raised_at = perf_counter()
-            raise
+
+def _spin(trial: _Trial | _QueueTrial) -> None:
+    # The interrupted handler: a pure-Python loop that records when the
+    # interrupt reached it.
+    trial.inside.set()
+    try:
+        while not trial.stop:
+            pass
+    except TaskInterrupted:
+        trial.raised_at = perf_counter()
+        raise
 
 
 def _worker(trials: list[_Trial], ready: threading.Semaphore) -> None:
@@ -150,13 +153,7 @@ class _QueueTrial:
 
 def _spin_task(trial: _QueueTrial) -> None:  # the handler, on the queue's worker thread
     trial.started_at = perf_counter()
-    trial.inside.set()
-    try:
-        while not trial.stop:
-            pass
-    except TaskInterrupted:
-        trial.raised_at = perf_counter()
-        raise
+    _spin(trial)
 
 
 def measure_queue(trials: int, competing: int, seed: int = 14) -> Latencies:

@@ -43,6 +43,14 @@ class Pools:
         self.gates.append(event)
         return event
 
+    def occupy(self, pool: WorkerPool) -> tuple[threading.Event, concurrent.futures.Future[str]]:
+        """Hold one thread of ``pool`` in a call until the returned gate opens; the call's future."""
+        gate = self.gate()
+        started = threading.Event()
+        running = pool.submit(blocker(started, gate))
+        started.wait()
+        return gate, running
+
     def close(self) -> None:
         for event in self.gates:
             event.set()
@@ -134,10 +142,7 @@ def test_threads_start_when_none_is_idle_up_to_max_workers(pools: Pools) -> None
 
 def test_threads_are_daemon_and_named_with_the_prefix(pools: Pools) -> None:
     pool = pools.new(2)
-    gate = pools.gate()
-    started = threading.Event()
-    pool.submit(blocker(started, gate))
-    started.wait()
+    gate, _ = pools.occupy(pool)
     pool.submit(gate.wait)
     threads = pool_threads()
     assert [t.name for t in threads] == [f"{PREFIX}_0", f"{PREFIX}_1"]
@@ -160,11 +165,8 @@ def test_max_workers_must_be_positive() -> None:
 
 def test_a_future_cancelled_before_it_started_is_never_called(pools: Pools) -> None:
     pool = pools.new(1)
-    gate = pools.gate()
-    started = threading.Event()
     calls: list[int] = []
-    first = pool.submit(blocker(started, gate))
-    started.wait()
+    gate, first = pools.occupy(pool)
     second = pool.submit(calls.append, 2)
     third = pool.submit(calls.append, 3)
     assert second.cancel()
@@ -177,10 +179,7 @@ def test_a_future_cancelled_before_it_started_is_never_called(pools: Pools) -> N
 
 def test_shutdown_wait_returns_after_every_call_and_thread_ended(pools: Pools) -> None:
     pool = pools.new(2)
-    gate = pools.gate()
-    started = threading.Event()
-    running = pool.submit(blocker(started, gate))
-    started.wait()
+    gate, running = pools.occupy(pool)
     queued = pool.submit(lambda: "queued")
     # Opened from another thread while shutdown waits below.
     opener = threading.Thread(target=gate.set)
@@ -194,10 +193,7 @@ def test_shutdown_wait_returns_after_every_call_and_thread_ended(pools: Pools) -
 
 def test_shutdown_without_wait_still_runs_the_queued_calls(pools: Pools) -> None:
     pool = pools.new(1)
-    gate = pools.gate()
-    started = threading.Event()
-    pool.submit(blocker(started, gate))
-    started.wait()
+    gate, _ = pools.occupy(pool)
     queued = pool.submit(lambda: "ran")
     pool.shutdown(wait=False)
     gate.set()
@@ -206,10 +202,7 @@ def test_shutdown_without_wait_still_runs_the_queued_calls(pools: Pools) -> None
 
 def test_shutdown_cancel_futures_cancels_the_queued_calls_only(pools: Pools) -> None:
     pool = pools.new(1)
-    gate = pools.gate()
-    started = threading.Event()
-    running = pool.submit(blocker(started, gate))
-    started.wait()
+    gate, running = pools.occupy(pool)
     queued = [pool.submit(lambda: "ran") for _ in range(3)]
     cancelled_from: list[concurrent.futures.Future[str]] = []
     queued[0].add_done_callback(cancelled_from.append)
