@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ._task import TaskStatus
+from ._task import TaskId, TaskStatus
 
 if TYPE_CHECKING:
     from ._task import Record
@@ -41,9 +42,10 @@ class TaskContext:
         """The attempt being run, counting from 1."""
 
     @property
-    def task_id(self) -> Any:
+    def task_id(self) -> TaskId:
         """The task's id."""
-        return self._record._id
+        task_id: TaskId = self._record._id
+        return task_id
 
     @property
     def cancelled(self) -> bool:
@@ -58,8 +60,6 @@ class TaskContext:
     def raise_if_cancelled(self) -> None:
         """Raise ``concurrent.futures.CancelledError`` if :attr:`cancelled`; a cooperative check point."""
         if self.cancelled:
-            import concurrent.futures
-
             raise concurrent.futures.CancelledError(
                 f"task {self.task_id!r} attempt {self.attempt} was cancelled or timed out"
             )

@@ -26,7 +26,7 @@ from ._scheduler import Scheduler
 from ._stats import QueueStats
 from ._store import ResultStore
 from ._task import Task, TaskFuture, TaskHandle, TaskId, TaskResult, TaskStatus, fill_record
-from ._validate import check_int, check_max_retries, check_task_id, check_timeout, is_coroutine_function
+from ._validate import check_bool, check_int, check_max_retries, check_task_id, check_timeout, is_coroutine_function
 from ._workers import Runner, _shut
 
 __all__ = ["HybridQueue"]
@@ -58,8 +58,9 @@ class HybridQueue:
     lives ``result_ttl`` seconds (0: results are handed to their handles and
     futures, never kept), at most ``max_results`` of them and at most
     ``max_result_bytes`` of results (each result's shallow
-    ``sys.getsizeof``; None: no bound), oldest evicted first. ``max_queue_size`` bounds the tasks waiting for a worker
-    (0: unbounded). ``unwind_grace`` is how long shutdown waits for a
+    ``sys.getsizeof``; None: no bound), oldest evicted first.
+    ``max_queue_size`` bounds the tasks waiting for a worker (0:
+    unbounded). ``unwind_grace`` is how long shutdown waits for a
     cancelled coroutine handler to unwind before it abandons it (one that
     catches ``CancelledError`` and goes on). With
     ``interrupt_sync_handlers=True``, a sync handler on a thread pool whose
@@ -125,9 +126,7 @@ class HybridQueue:
             store=ResultStore(ttl, max_results, max_bytes=max_result_bytes),
             clock=clock,
         )
-        if interrupt_sync_handlers is not True and interrupt_sync_handlers is not False:
-            raise TypeError(f"interrupt_sync_handlers must be True or False, got {interrupt_sync_handlers!r}")
-        if interrupt_sync_handlers:
+        if check_bool("interrupt_sync_handlers", interrupt_sync_handlers):
             arm()  # from now on the queue methods a handler may call are shielded
         self._runner = Runner(self._sched, executor, factory, interrupt_sync_handlers)
         # The last handler submitted and whether it is a coroutine function.
@@ -816,8 +815,8 @@ class HybridQueue:
             check_max_retries(max_retries)
         if timeout is not None:
             timeout = check_timeout("timeout", timeout, positive=True)
-        if keep_result is not True and keep_result is not False:
-            raise TypeError(f"keep_result must be True or False, got {keep_result!r}")
+        if keep_result is not True:  # the usual value, checked without a call
+            check_bool("keep_result", keep_result)
         return is_coro, max_retries, timeout
 
     def _handle(

@@ -53,8 +53,8 @@ class ResultStore:
     sizes, each estimated once, when stored, by ``shallow_size(result.result)``:
     shallow, so a list of large items counts little more than its pointers;
     a result under ``min_counted`` bytes (1 KiB), or a number or None,
-    counts as 0.
-    Past it, the oldest results are evicted as for ``max_results``. The
+    counts as 0. Past it, the oldest results are evicted as for
+    ``max_results``. The
     newest result is always kept: one larger than the whole budget evicts
     every older result and is stored alone, so that its task's result can
     still be read back, as with ``max_results=1``.

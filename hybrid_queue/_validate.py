@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "check_bool",
     "check_delay",
     "check_int",
     "check_max_retries",
@@ -34,6 +35,13 @@ def check_int(name: str, value: object, *, minimum: int) -> int:
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """True or False, and nothing that merely converts to one."""
+    if value is not True and value is not False:
+        raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
 
 

@@ -140,8 +140,7 @@ class Runner:
     def take_executor(self) -> concurrent.futures.Executor | None:
         """The owned executor, for the queue to shut down; from now on none is made or replaced."""
         with self._replacing:
-            self._executor_closed = True
-            return self._executor if self._factory is not None else None
+            return self.abandon_executor()
 
     # ------------------------------------------------------------------ starting
 
@@ -517,30 +516,30 @@ def _call_sync(
 ) -> tuple[bool, Any, BaseException | None]:
     task, attempt = claim
     fn, args, kwargs = task._fn, task._args, task._kwargs
+    if fn is None:
+        return False, None, _ABANDONED
     if interruptible is not None:
-        # Published under the scheduler's lock, only while the attempt still
-        # runs: a cancel or timeout after that finds it (and before call()
-        # begins, call() then never runs fn); a late thread of an attempt
-        # that ended cannot put its own over a newer attempt's.
+        # The state is checked and the runner published under the
+        # scheduler's lock: a cancel or timeout after that finds it (and
+        # before call() begins, call() then never runs fn); a late thread of
+        # an attempt that ended cannot put its own over a newer attempt's.
         call = Interruptible()
-        if fn is None or not interruptible.publish_runner(task, attempt, call):
+        if not interruptible.publish_runner(task, attempt, call):
             return False, None, _ABANDONED
-    # Unlocked read, as in Runner._run_coro: a task cancelled before this
-    # point never starts; one cancelled after it is abandoned to finish (or
-    # interrupted, when the queue interrupts sync handlers).
-    if fn is None or task._status is not RUNNING or task._attempt != attempt:
+    elif task._status is not RUNNING or task._attempt != attempt:
+        # Unlocked read, as in Runner._run_coro: a task cancelled before this
+        # point never starts; one cancelled after it is abandoned to finish.
         return False, None, _ABANDONED
     task_id = task._id
     current[0] = claim  # for current_task(); cleared before returning
+    del task, claim  # not kept by a failure's traceback, which keeps this frame (see Runner._sync_chain)
     try:
         if interruptible is not None:
-            del task, claim  # not kept by a failure's traceback (see below)
             ok, value, error = call.call(fn, args, kwargs)
             if not ok:
                 assert error is not None
                 return False, None, _programming_error(error, task_id, fn, kwargs)
         else:
-            del task, claim  # not kept by a failure's traceback, which keeps this frame (see Runner._sync_chain)
             try:
                 value = fn(*args, **kwargs) if kwargs else fn(*args)
             except BaseException as exc:  # recorded as the attempt's failure, like concurrent.futures
