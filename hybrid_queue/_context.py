@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 from typing import TYPE_CHECKING
 
+from ._nesting import thread_slot
 from ._task import TaskId, TaskStatus
 
 if TYPE_CHECKING:
     from ._task import Record
 
-__all__ = ["TaskContext", "current_task", "running_slot"]
-
-# Per worker thread, in ``slot``: a list whose one item is the (record,
-# attempt) whose sync handler runs there now, or None. The worker sets the
-# item around each call (a list store: cheaper than a thread-local
-# attribute, once per task) and the handler reads it.
-_running = threading.local()
-
-
-def running_slot() -> list[tuple[Record, int] | None]:
-    """The calling thread's slot for the claim its sync handler runs. Worker threads."""
-    slot: list[tuple[Record, int] | None] | None = getattr(_running, "slot", None)
-    if slot is None:
-        slot = _running.slot = [None]
-    return slot
+__all__ = ["TaskContext", "current_task"]
 
 
 class TaskContext:
@@ -76,7 +62,7 @@ def current_task() -> TaskContext:
     instead. Raises RuntimeError anywhere else (a process pool's worker,
     a thread that runs no handler).
     """
-    slot = getattr(_running, "slot", None)
+    slot = thread_slot()
     claim = slot[0] if slot is not None else None
     if claim is None:
         raise RuntimeError(

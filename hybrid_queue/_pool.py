@@ -180,6 +180,16 @@ class WorkerPool(concurrent.futures.Executor):
                 self._start_thread()
         return future
 
+    def allow_blocked(self, change: int) -> None:
+        """Allow ``change`` more threads (or, negative, take that back). Any thread.
+
+        For a call of this pool that blocks until work it submitted is done:
+        its thread counts as busy, so one more may start for that work.
+        Threads started meanwhile stay, idle, once the limit is lowered.
+        """
+        with self._lock:
+            self._max_workers += change
+
     def _start_thread(self) -> None:
         # Under _lock. The thread gets the queue and the idle tokens, not the pool.
         thread = threading.Thread(

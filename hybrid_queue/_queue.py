@@ -20,12 +20,13 @@ from ._clock import Clock
 from ._errors import QueueFull
 from ._events import TaskEvent
 from ._interrupt import arm, shielded
+from ._nesting import current_holder
 from ._pool import WorkerPool
 from ._retry import RetryPolicy
 from ._scheduler import Scheduler
 from ._stats import QueueStats
 from ._store import ResultStore
-from ._task import Task, TaskFuture, TaskHandle, TaskId, TaskResult, TaskStatus, fill_record
+from ._task import ChildHandle, Task, TaskFuture, TaskHandle, TaskId, TaskResult, TaskStatus, fill_record
 from ._validate import check_bool, check_int, check_max_retries, check_task_id, check_timeout, is_coroutine_function
 from ._workers import Runner, _shut
 
@@ -832,8 +833,10 @@ class HybridQueue:
         timeout: float | None,
         keep_result: bool = True,
     ) -> TaskHandle[Any]:
-        # A task submitted from async code: its handle is its record.
-        handle: TaskHandle[Any] = TaskHandle(loop=loop)
+        # A task submitted from async code: its handle is its record. One
+        # submitted from inside a handler may be waited for by one: the
+        # kind of handle whose waits lend the waiting handler's slot.
+        handle: TaskHandle[Any] = (TaskHandle if current_holder() is None else ChildHandle)(loop=loop)
         fill_record(handle, task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout, keep_result)
         handle._queue_ref = self
         return handle

@@ -18,6 +18,7 @@ import threading
 import time
 import types
 import weakref
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from itertools import count
 from typing import Any
@@ -116,7 +117,11 @@ class Scheduler:
         #   + _failed + _cancelled;
         # - _free + (slots held by workers) == workers, where a slot is held
         #   from the claim of a task until its holder reports back through
-        #   finish(), even if the task was cancelled or timed out meanwhile;
+        #   finish(), even if the task was cancelled or timed out meanwhile,
+        #   except while its handler waits for a task of this queue: then the
+        #   slot is lent (see lend()) and held by whoever it went to;
+        # - _reclaimers is empty unless _free == 0: a freed slot goes to the
+        #   first handler waiting to take its slot back before the heap;
         # - a terminal task is in no structure but the result store.
         # add() and finish(), which take it once per task from the loop and
         # from pool or submitting threads alike, take it through _guard();
@@ -128,6 +133,9 @@ class Scheduler:
         self._cancels = 0  # tasks cancelled since _live was last copied (see _shrink_live_locked)
         self._store = store
         self._free = workers
+        # Grants for handlers that lent their slot and want one back (see
+        # reclaim()): each is called once, with no lock held, from any thread.
+        self._reclaimers: deque[Callable[[], object]] = deque()
         self._started = False
         self._accepting = True
         # False once shutdown cancels what waits: a failure then ends its task.
@@ -522,6 +530,7 @@ class Scheduler:
         *,
         retry: bool = True,
         hand_over: bool = True,
+        held: bool = True,
     ) -> tuple[Record, int] | None:
         """Report the end of ``attempt`` by the holder of its slot. Any thread.
 
@@ -534,11 +543,14 @@ class Scheduler:
         ``hand_over=False``: the caller cannot start work where it is (an
         executor's callback, maybe under that executor's own lock), so the
         slot is freed and a claim is posted to the loop instead.
+        ``held=False``: the handler ended while its slot was lent (see
+        ``lend``); whoever holds that slot now frees it.
         """
         now = self.clock()
         result = None
         delay = -1.0
         timer = None
+        grant: Callable[[], object] | None
         wake = more = False
         with self._guard():
             if task._attempt == attempt and task._status is RUNNING:
@@ -554,17 +566,28 @@ class Scheduler:
                     delay = self._fail_locked(task, error, now) if retry else -1.0
                     if delay < 0:
                         result = self._terminal_locked(task, FAILED, None, error, now)
-            nxt = self._heap.take() if hand_over and self._started else None
-            if nxt is not None:
-                nxt_attempt = self._begin_locked(nxt, now)
-                if self.max_queue_size:
-                    self._room_freed_locked(1)
+            if not held:
+                grant = nxt = None
+            elif self._reclaimers:
+                # A handler that lent its slot to wait for a task of this
+                # queue goes on before anything new starts: it takes this slot.
+                grant = self._reclaimers.popleft()
+                nxt = None
             else:
-                self._free += 1
-                more = self._started and bool(self._heap)
-                wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
+                grant = None
+                nxt = self._heap.take() if hand_over and self._started else None
+                if nxt is not None:
+                    nxt_attempt = self._begin_locked(nxt, now)
+                    if self.max_queue_size:
+                        self._room_freed_locked(1)
+                else:
+                    self._free += 1
+                    more = self._started and bool(self._heap)
+                    wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
             dropped = self._take_dropped_locked() if self._dropped else None
         del dropped  # after the lock: see _take_dropped_locked
+        if grant is not None:
+            grant()
         if timer is not None:
             self.on_loop(timer.cancel)
         if result is not None:
@@ -578,6 +601,49 @@ class Scheduler:
             # After deliver(): shutdown must not return before the last result is handed over.
             self.on_loop(self._wake_idle)
         return None if nxt is None else (nxt, nxt_attempt)
+
+    # ---------------------------------------------------------------- lending
+
+    def lend(self) -> None:
+        """The caller's handler, which holds a slot, starts waiting for a task of this queue: lend its slot.
+
+        The slot goes where a freed one would (a handler taking its own back,
+        else the next task in the heap), so a handler that waits for a task
+        it submitted cannot hold up that task, whatever ``workers`` is. The
+        caller takes a slot back with ``reclaim`` before its handler goes on.
+        Any thread, no lock held.
+        """
+        wake = False
+        with self.lock:
+            if self._reclaimers:
+                grant: Callable[[], object] | None = self._reclaimers.popleft()
+                claimed = _NOTHING
+            else:
+                grant = None
+                self._free += 1
+                claimed = self._claim_locked()
+                # A slot passed on after its handler ended may be the last one.
+                wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
+        if grant is not None:
+            grant()
+        elif claimed:
+            self.launch(claimed)
+        if wake:
+            self.on_loop(self._wake_idle)
+
+    def reclaim(self, grant: Callable[[], object]) -> bool:
+        """Take back a slot for a handler that lent its own: True if it has one now.
+
+        Otherwise the handler waits: ``grant()`` is called (once, from
+        whichever thread frees a slot, with no lock held) when the slot is
+        its, ahead of any task in the heap. Any thread, no lock held.
+        """
+        with self.lock:
+            if self._free:
+                self._free -= 1
+                return True
+            self._reclaimers.append(grant)
+            return False
 
     def _claim_more(self) -> None:
         # Loop thread: fill slots that a hand_over=False finish freed.
@@ -712,7 +778,7 @@ class Scheduler:
         task._args = ()
         task._kwargs = None
         # A task submitted from async code is its own handle.
-        handle = task if type(task) is TaskHandle else None
+        handle = task if isinstance(task, TaskHandle) else None
         cfuture, task._cfuture = task._cfuture, None
         try:
             if result.status is FAILED:

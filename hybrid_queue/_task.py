@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import enum
+import functools
 import traceback as _traceback
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeAlias, TypeVar
+
+from ._nesting import add_waiting_callback, current_holder, remove_waiting_callback, thread_slot, wait_lending
 
 if TYPE_CHECKING:
     from ._clock import TimerHandle
     from ._interrupt import Interruptible
     from ._queue import HybridQueue
 
-__all__ = ["TaskFuture", "TaskHandle", "TaskId", "TaskResult", "TaskStatus"]
+__all__ = ["ChildHandle", "TaskFuture", "TaskHandle", "TaskId", "TaskResult", "TaskStatus"]
 
 T = TypeVar("T")
 
@@ -192,6 +196,40 @@ class TaskHandle(asyncio.Future[T], _RecordFields):
         return f"<TaskHandle task_id={self.task_id!r} {self._state.lower()}>"
 
 
+class ChildHandle(TaskHandle[T]):
+    """The handle of a task submitted from inside a handler: one whose waits lend the waiting handler's slot.
+
+    Only handles made there need the check, so that awaiting a handle
+    anywhere else costs what awaiting an ``asyncio.Future`` does. Loop
+    thread only.
+    """
+
+    __slots__ = ()
+
+    def add_done_callback(self, fn: Callable[[Self], object], /, *, context: contextvars.Context | None = None) -> None:
+        """As ``asyncio.Future.add_done_callback``. Loop thread.
+
+        Added by a handler of the same queue that waits (``await``,
+        ``asyncio.gather``, ``asyncio.wait``), it lends the handler's worker
+        slot until the handler goes on (see the module ``_nesting``).
+        """
+        holder = current_holder()
+        if holder is not None and (wait := add_waiting_callback(self, holder, fn)) is not None:
+            fn = wait
+        _add_done_callback(self, fn, context=context)
+
+    def remove_done_callback(self, fn: Callable[[Self], object], /) -> int:
+        """As ``asyncio.Future.remove_done_callback``. Loop thread."""
+        holder = current_holder()
+        if holder is not None and holder.loan is not None:
+            remove_waiting_callback(self, holder, fn)
+        return asyncio.Future.remove_done_callback(self, fn)
+
+
+_add_done_callback = asyncio.Future.add_done_callback
+_FINISHED = concurrent.futures._base.FINISHED
+
+
 class TaskFuture(concurrent.futures.Future[T]):
     """What ``queue.submit_blocking(...)`` returns: a ``concurrent.futures.Future``.
 
@@ -208,6 +246,28 @@ class TaskFuture(concurrent.futures.Future[T]):
         # Set by submit_blocking before it returns the future.
         self.task_id: TaskId = None  # type: ignore[assignment]
         self._queue_ref = queue
+
+    def result(self, timeout: float | None = None) -> T:
+        """As ``concurrent.futures.Future.result``. Any thread.
+
+        Called by a sync handler of the same queue, it lends the handler's
+        worker slot while it waits, so that the task it waits for can run
+        whatever ``workers`` is.
+        """
+        if self._state == _FINISHED and self._exception is None:
+            # A finished future never changes again: no lock to read it.
+            return self._result  # type: ignore[return-value]
+        slot = thread_slot()
+        if slot is None or slot[0] is None:  # not in a sync handler: nothing to lend
+            return super().result(timeout)
+        return wait_lending(self._queue_ref, functools.partial(super().result, timeout), slot)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``concurrent.futures.Future.exception``, lending the slot as ``result`` does. Any thread."""
+        slot = thread_slot()
+        if slot is None or slot[0] is None or self._state == _FINISHED:
+            return super().exception(timeout)
+        return wait_lending(self._queue_ref, functools.partial(super().exception, timeout), slot)
 
     def running(self) -> bool:
         """True while an attempt of the task runs (not while it waits for a worker or a retry). Any thread."""

@@ -31,9 +31,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._context import running_slot
 from ._errors import CallError
 from ._interrupt import Interruptible
+from ._nesting import Holder, install_holder, running_slot, settle_loan
 from ._pool import WorkerPool
 from ._remote import Raised, RemoteCall, Returned, executor_failure, refusal_advice
 from ._scheduler import Claimed, Scheduler
@@ -276,7 +276,8 @@ class Runner:
         # comes in a box emptied here, and lives only in ``claim``.
         sched = self._sched
         interruptible = sched if self.interrupt_sync else None
-        current = running_slot()  # this thread's, for current_task()
+        current = running_slot()  # this thread's, for current_task() and for waits that lend its slot
+        current[1] = sched
         claim: tuple[Record, int] | None = box.pop()
         while claim is not None and not claim[0]._is_coro:
             claim = sched.finish(claim[0], claim[1], *_call_sync(claim, interruptible, current))
@@ -388,11 +389,16 @@ class Runner:
         me = asyncio.current_task()
         assert me is not None and self._sched.loop is not None
         del self._unstarted[me]  # the claim is this worker's from now on
+        # In this task's own context: its handlers, and the tasks they make,
+        # see it when they wait for a task of this queue (see _nesting).
+        holder = Holder(self._sched)
+        install_holder(holder)
+        holder.busy = True
         ready = self._ready
         while claim is not None:
             task, attempt = claim
             if task._is_coro:
-                claim = await self._run_coro(me, task, attempt)
+                claim = await self._run_coro(me, holder, task, attempt)
             else:
                 self._start(task, attempt)  # the slot goes with the sync task
                 claim = None
@@ -411,6 +417,7 @@ class Runner:
                 return
             waiter: asyncio.Future[tuple[Record, int] | None] = self._sched.loop.create_future()
             self._parked.append(waiter)
+            holder.busy = False  # no slot: a leftover task of a handler that waits now has none to lend
             try:
                 claim = await waiter
             except asyncio.CancelledError as exc:
@@ -418,16 +425,19 @@ class Runner:
                 if waiter.done() and not waiter.cancelled() and (lost := waiter.result()) is not None:
                     self._give_up(*lost, exc)
                 raise
+            holder.busy = True
 
-    def _give_up(self, task: Record, attempt: int, exc: BaseException) -> None:
+    def _give_up(self, task: Record, attempt: int, exc: BaseException, held: bool = True) -> None:
         # The worker is being cancelled from outside (the loop is closing)
         # while it holds a claim: the task ends CANCELLED, the slot moves on.
         self._sched.cancel(task._id, record=task)
-        claim = self._sched.finish(task, attempt, False, None, exc)
+        claim = self._sched.finish(task, attempt, False, None, exc, held=held)
         if claim is not None:
             self.launch([claim])
 
-    async def _run_coro(self, me: asyncio.Task[None], task: Record, attempt: int) -> tuple[Record, int] | None:
+    async def _run_coro(
+        self, me: asyncio.Task[None], holder: Holder, task: Record, attempt: int
+    ) -> tuple[Record, int] | None:
         fn, args, kwargs = task._fn, task._args, task._kwargs
         # Unlocked read: cancel() sets the state under the lock before it
         # posts interrupt() to this thread. If we see RUNNING, the interrupt
@@ -449,7 +459,7 @@ class Runner:
                 # Not our interrupt: the worker itself is being cancelled
                 # (the loop is closing). Settle the task and let it end.
                 task._runner = None
-                self._give_up(task, attempt, exc)
+                self._give_up(task, attempt, exc, holder.loan is None or settle_loan(holder))
                 raise
             error = exc  # our interrupt, or the handler's own CancelledError
         except BaseException as exc:  # a worker survives whatever the handler raises
@@ -464,7 +474,12 @@ class Runner:
             # Interrupted, yet neither cancelled nor expired: the deadline's
             # cancel. Whatever the handler did with it, the attempt timed out.
             ok, value, error = False, None, _timeout_error(task, attempt)
-        claim = self._sched.finish(task, attempt, ok, value, error, True)  # on_loop, positional: hot
+        if holder.loan is None:
+            claim = self._sched.finish(task, attempt, ok, value, error, True)  # on_loop, positional: hot
+        else:
+            # The handler ended with waits of its own still counted (tasks it
+            # made, still waiting): the slot may be out on loan.
+            claim = self._sched.finish(task, attempt, ok, value, error, True, held=settle_loan(holder))
         # interrupt() cleared ``runner`` and cancelled us once: take that
         # request back so the next handler starts with a clean slate, unless
         # someone else cancelled the worker too.
@@ -512,7 +527,7 @@ def _timeout_error(task: Record, attempt: int) -> TimeoutError:
 
 
 def _call_sync(
-    claim: tuple[Record, int], interruptible: Scheduler | None, current: list[tuple[Record, int] | None]
+    claim: tuple[Record, int], interruptible: Scheduler | None, current: list[Any]
 ) -> tuple[bool, Any, BaseException | None]:
     task, attempt = claim
     fn, args, kwargs = task._fn, task._args, task._kwargs

@@ -31,6 +31,7 @@ SUITES = {
     "interrupt": "tests/test_interrupt.py",
     "memory": "tests/test_memory.py",
     "pool": "tests/test_pool.py",
+    "nesting": "tests/test_nesting.py",
 }
 
 
@@ -93,6 +94,11 @@ def _table(counts: dict[str, dict[str, int]], totals: dict[str, int]) -> list[st
             "test_memory.py",
         ),
         ("Owned thread pool cases passed", f"{counts['pool']['passed']:,}", "test_pool.py"),
+        (
+            "Child-task cases passed (handlers waiting for tasks of their own queue)",
+            f"{counts['nesting']['passed']:,}",
+            "test_nesting.py",
+        ),
         ("Tests checked for leaked threads", f("tests_checked_for_leaked_threads"), "conftest.py"),
         ("Tests checked for leaked asyncio tasks", f("tests_checked_for_leaked_asyncio_tasks"), "conftest.py"),
         (
@@ -156,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         "- `test_interrupt.py`: the interrupt raised in the handler or not at all, never after it returned.",
         "- `test_memory.py`: memory given back after a cancelled burst; the byte budget of results.",
         "- `test_pool.py`: the queue's own thread pool, and how it lets the process exit.",
+        "- `test_nesting.py`: handlers waiting for tasks of their own queue (chains 100 deep on one",
+        "  worker, fan-outs of 1,000, from async and sync handlers) never deadlock, and at most",
+        "  `workers` handlers are at work at once.",
         "",
     ]
     args.out.write_text("\n".join(text))

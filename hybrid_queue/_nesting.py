@@ -1,0 +1,289 @@
+"""Handlers that wait for tasks of their own queue: the waiting handler lends its worker slot.
+
+Without this, ``workers`` handlers that each wait for a task they submitted
+hold every slot while those tasks wait in the heap for one: a deadlock,
+whatever ``workers`` is. A fork-join pool meets the same problem, and its
+waiting worker helps. Here a waiting handler lends its slot: the slot goes
+where a freed one would (the next task in the heap), and before the handler
+goes on it takes a slot back, the first one freed, ahead of any task in the
+heap (``Scheduler.lend`` and ``Scheduler.reclaim``).
+
+The rule this keeps: at most ``workers`` handlers hold a slot, and a handler
+that is not waiting for a task of its queue holds one. A handler that waits
+is still RUNNING, so ``stats().running`` may exceed ``busy_workers``.
+
+How a wait is seen:
+
+- coroutine handlers: each worker coroutine puts its ``Holder`` in a
+  ContextVar once, so the tasks a handler creates (``asyncio.gather``'s,
+  a TaskGroup's) see it too. A task submitted in such a context gets a
+  ``ChildHandle``, whose ``add_done_callback``, called in such a context
+  while the worker runs a handler, counts one wait of the holder's
+  current ``_Loan``: the first wait lends the slot; the callback is wrapped,
+  and the wrapper that ends the last wait takes a slot back before it calls
+  the callback that resumes the handler (or holds the call back until a
+  slot is free). A callback removed before it ran (``asyncio.wait`` that
+  returned early, a timeout, ``shield``) ends its wait as well; the handler
+  is running by then, so it takes back the first slot that is free.
+- sync handlers: ``TaskFuture.result()`` and ``exception()`` on a worker
+  thread of the same queue lend the slot for the blocking wait; the queue's
+  own pool may start one more thread meanwhile, so that a sync task that
+  gets the slot has a thread to run on.
+
+Where the rule bends, and why: a handler that goes on before the tasks it
+waited for have all ended (``gather`` that raised the first failure,
+``asyncio.wait(..., FIRST_COMPLETED)``, a timeout) runs beside the task its
+slot went to until a slot is free again; and a task a handler started that
+waits while the handler runs on counts as the handler waiting.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._interrupt import shielded
+from ._pool import WorkerPool
+
+if TYPE_CHECKING:
+    from ._queue import HybridQueue
+    from ._scheduler import Scheduler
+    from ._task import TaskHandle
+
+__all__ = [
+    "Holder",
+    "add_waiting_callback",
+    "remove_waiting_callback",
+    "running_slot",
+    "settle_loan",
+    "thread_slot",
+    "wait_lending",
+]
+
+T = TypeVar("T")
+
+
+class Holder:
+    """A worker coroutine's slot, as its handlers' waits see it. Loop thread only.
+
+    ``busy``: the worker runs a handler now (it holds a slot, or lent it);
+    False while the worker is parked without one. ``loan``: the lending in
+    progress, from a handler's first wait until its slot is back.
+    """
+
+    __slots__ = ("busy", "loan", "sched")
+
+    def __init__(self, sched: Scheduler) -> None:
+        self.sched = sched
+        self.busy = False
+        self.loan: _Loan | None = None
+
+
+# The Holder of the worker coroutine whose context this is, if any.
+_HOLDER: contextvars.ContextVar[Holder | None] = contextvars.ContextVar("hybrid_queue_holder", default=None)
+current_holder = _HOLDER.get
+install_holder = _HOLDER.set
+
+
+class _Loan:
+    """One lending of a holder's slot: from the first wait of its handler until the slot is back. Loop thread.
+
+    ``out``: the slot is lent (or a grant for it is on its way);
+    ``reclaiming``: a grant is parked with the scheduler; ``orphan``: the
+    handler ended while its slot was out, so a slot that comes back is
+    passed on (the handler's attempt was reported without one).
+    """
+
+    __slots__ = ("deferred", "holder", "orphan", "out", "reclaiming", "waits")
+
+    def __init__(self, holder: Holder) -> None:
+        self.holder = holder
+        # Identity-hashed (see _Wait), so discard() is O(1) for a fan-out.
+        self.waits: set[_Wait] = set()
+        self.out = False
+        self.reclaiming = False
+        self.orphan = False
+        # Callbacks that ended the last wait while no slot was free: they
+        # resume the handler, so they run once a slot is back.
+        self.deferred: list[tuple[Callable[[Any], object], Any]] = []
+
+    def begin(self, wait: _Wait) -> None:
+        self.waits.add(wait)
+        if not self.out:
+            self.out = True
+            self.holder.sched.lend()
+
+    def end(self, wait: _Wait, fn: Callable[[Any], object] | None, fut: Any) -> None:
+        # A wait ends: its callback runs (fn, fut), or it was removed (fn None).
+        self.waits.discard(wait)
+        if self.orphan or self.waits or not self.out:
+            if fn is not None:
+                fn(fut)
+            return
+        if fn is not None:
+            self.deferred.append((fn, fut))
+        if self.reclaiming:
+            return
+        if self.holder.sched.reclaim(self._grant):
+            self._back()
+        else:
+            self.reclaiming = True
+
+    def _grant(self) -> None:
+        # Any thread, no lock held: a slot is this loan's now.
+        self.holder.sched.post(self._back)
+
+    def _back(self) -> None:
+        # Loop thread: the slot is back with the handler.
+        self.reclaiming = False
+        self.out = False
+        if self.orphan:
+            # The attempt was reported without this slot: pass it on.
+            self.holder.sched.lend()
+        elif self.waits:
+            # The handler (or a task it made) began waiting again meanwhile.
+            self.out = True
+            self.holder.sched.lend()
+        elif self.holder.loan is self:
+            self.holder.loan = None
+        deferred, self.deferred = self.deferred, []
+        for fn, fut in deferred:
+            fn(fut)
+
+
+class _Wait:
+    """A done-callback of a TaskHandle added in a waiting handler's context: one wait of its loan.
+
+    Compares equal to the callback it wraps, so that ``remove_done_callback``
+    with the original finds it; hashes by identity.
+    """
+
+    __slots__ = ("fn", "handle", "loan")
+
+    def __init__(self, fn: Callable[[Any], object], loan: _Loan, handle: TaskHandle[Any]) -> None:
+        self.fn = fn
+        self.loan = loan
+        self.handle = handle
+
+    def __call__(self, fut: Any) -> None:
+        self.loan.end(self, self.fn, fut)
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or self.fn == other
+
+    __hash__ = object.__hash__
+
+
+def add_waiting_callback(handle: TaskHandle[Any], holder: Holder, fn: Callable[[Any], object]) -> _Wait | None:
+    """The wrapper to register instead of ``fn`` if this callback is a wait that lends; else None. Loop thread."""
+    if not holder.busy or holder.sched is not handle._queue_ref._sched or handle.done():
+        return None
+    loan = holder.loan
+    if loan is None or loan.orphan:
+        loan = holder.loan = _Loan(holder)
+    wait = _Wait(fn, loan, handle)
+    loan.begin(wait)
+    return wait
+
+
+def remove_waiting_callback(handle: TaskHandle[Any], holder: Holder, fn: Callable[[Any], object]) -> None:
+    """End the waits on ``handle`` whose callback is ``fn``, removed before it ran. Loop thread."""
+    loan = holder.loan
+    if loan is None:
+        return
+    for wait in [w for w in loan.waits if w.handle is handle and w.fn == fn]:
+        loan.end(wait, None, None)
+
+
+def settle_loan(holder: Holder) -> bool:
+    """The worker's handler ended: True if the worker holds its slot, False if the slot is out on loan.
+
+    Loop thread, after the handler returned and before the attempt is
+    reported. Waits still counted (tasks the handler made, still waiting)
+    go on without lending; a slot that comes back later is passed on.
+    """
+    loan = holder.loan
+    holder.loan = None
+    if loan is None or not loan.out:
+        return True
+    # Whoever holds the lent slot frees it; a grant already parked for it
+    # is passed on when it comes (see _Loan._back).
+    loan.orphan = True
+    return False
+
+
+# ---------------------------------------------------------------- sync handlers
+
+
+class _Running(threading.local):
+    """Per worker thread, ``slot``: a list of two items, the (record, attempt)
+    whose sync handler runs there now (or None), and the scheduler of the
+    queue whose chain of tasks the thread runs; None in a thread that never
+    ran a handler.
+
+    The worker sets the first item around each call (a list store: cheaper
+    than a thread-local attribute, once per task) and the second once per
+    chain; the handler reads them (current_task(), and a wait that lends
+    the slot). The class attribute answers threads that never set it, with
+    no AttributeError raised and caught on each look (a ``getattr`` default
+    would cost one).
+    """
+
+    slot: list[Any] | None = None
+
+
+_running = _Running()
+
+
+def running_slot() -> list[Any]:
+    """The calling thread's slot: ``[claim or None, scheduler or None]``. Worker threads."""
+    slot = _running.slot
+    if slot is None:
+        slot = _running.slot = [None, None]
+    return slot
+
+
+def thread_slot() -> list[Any] | None:
+    """The calling thread's slot if it ever ran a sync handler, else None. Any thread."""
+    return _running.slot
+
+
+def wait_lending(queue: HybridQueue, wait: Callable[[], T], slot: list[Any] | None) -> T:
+    """Run ``wait()``, a blocking wait for a task of ``queue``, lending the calling handler's slot meanwhile.
+
+    ``slot`` is the calling thread's running slot (see ``_context``): a
+    worker thread of this queue in a sync handler lends; any other caller
+    just waits. The slot is back before this returns or raises.
+    """
+    sched = queue._sched
+    if slot is None or slot[0] is None or slot[1] is not sched:
+        return wait()
+    executor = queue._runner.executor
+    pool = executor if isinstance(executor, WorkerPool) else None
+    _lend_thread(sched, pool)
+    try:
+        return wait()
+    finally:
+        _reclaim_thread(sched, pool)
+
+
+@shielded
+def _lend_thread(sched: Scheduler, pool: WorkerPool | None) -> None:
+    # The thread blocks with its slot lent: a sync task given that slot
+    # needs a thread of its own, which the queue's pool may start for it.
+    if pool is not None:
+        pool.allow_blocked(1)
+    sched.lend()
+
+
+@shielded
+def _reclaim_thread(sched: Scheduler, pool: WorkerPool | None) -> None:
+    # Shielded: an interrupt landing between the grant and the return would
+    # leave the handler running on a slot nobody counts as its.
+    granted = threading.Event()
+    if not sched.reclaim(granted.set):
+        granted.wait()
+    if pool is not None:
+        pool.allow_blocked(-1)
