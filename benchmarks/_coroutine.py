@@ -12,10 +12,13 @@ import aiojobs
 from hybrid_queue import HybridQueue
 
 from ._harness import WORKERS, Tally, check_equal, run_async
-from ._throughput import Contender
+from ._registry import Mark, SummaryRow, register
+from ._report import mark
+from ._throughput import OURS, Contender, by_name, throughput_group
 
 __all__ = [
     "CONTENDERS",
+    "GROUP",
     "REFERENCE",
     "TARGET_ROW",
     "hybrid_queue_round",
@@ -175,4 +178,38 @@ CONTENDERS = (
         REFERENCE,
         "one batch of N",
     ),
+)
+
+
+def peer_rows(path: str, result: dict[str, Any], ours: str) -> list[SummaryRow]:
+    """Summary rows of the row ``ours`` against every row of another library, per loop kind, in us/task."""
+    return [
+        SummaryRow(f"{path} ({loop})", "us/task", by_name(rows, ours)["us_per_task"], row["name"], row["us_per_task"])
+        for loop, rows in result.items()
+        for row in rows
+        if not row["name"].startswith(OURS)
+    ]
+
+
+def _summary(result: dict[str, Any], settings: dict[str, Any]) -> list[SummaryRow]:
+    return peer_rows("coroutine handlers, await submit", result, TARGET_ROW)
+
+
+def _targets(result: dict[str, Any], settings: dict[str, Any]) -> list[Mark]:
+    return [
+        mark(settings, f"coroutine path ({loop}): hybrid_queue vs PriorityQueue reference", row["ratio"], 1.0, "x")
+        for loop, rows in result.items()
+        for row in [by_name(rows, TARGET_ROW)]
+    ]
+
+
+GROUP = register(
+    throughput_group(
+        "coroutine",
+        10,
+        f"How long does a no-op coroutine task take through {WORKERS} workers, against {REFERENCE}?",
+        lambda settings: CONTENDERS,
+        summary=_summary,
+        targets=_targets,
+    )
 )

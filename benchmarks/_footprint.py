@@ -7,14 +7,22 @@ import contextlib
 import gc
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 from hybrid_queue import HybridQueue
 
-from ._harness import WORKERS, CheckFailed, check_equal, run_async
+from ._harness import WORKERS, CheckFailed, Settings, check_equal, run_async
+from ._plots import figure, save, title
+from ._registry import Group, Mark, SummaryRow, Tick, register
+from ._report import Column, mark, table
 
-__all__ = ["METHOD", "footprint_rows"]
+__all__ = ["GROUP", "METHOD", "footprint_rows"]
+
+HYBRID = "hybrid_queue: await submit"
+BLOCKING = "hybrid_queue: submit_blocking"
+REFERENCE = "asyncio.PriorityQueue entry + future"
 
 METHOD = (
     "tracemalloc: traced bytes after submitting D no-op tasks (no arguments) to a queue that was "
@@ -51,7 +59,7 @@ def _noop_sync() -> None:
 
 
 async def _hybrid_queue(depth: int) -> dict[str, Any]:
-    who = "hybrid_queue: await submit"
+    who = HYBRID
     queue = HybridQueue(WORKERS)
     handles: list[Any] = [None] * depth
     submit = queue.submit
@@ -70,7 +78,7 @@ async def _hybrid_queue(depth: int) -> dict[str, Any]:
 def _hybrid_queue_blocking(depth: int) -> dict[str, Any]:
     # submit_blocking may be called before the queue runs on any loop; each
     # task's handle is then a concurrent.futures.Future (with its own lock).
-    who = "hybrid_queue: submit_blocking"
+    who = BLOCKING
     queue = HybridQueue(WORKERS)
     futures: list[Any] = [None] * depth
     submit_blocking = queue.submit_blocking
@@ -87,7 +95,7 @@ def _hybrid_queue_blocking(depth: int) -> dict[str, Any]:
 
 async def _priority_queue(depth: int) -> dict[str, Any]:
     # The coroutine group's reference: one (priority, seq, fn, future) tuple and one future per task.
-    who = "asyncio.PriorityQueue entry + future"
+    who = REFERENCE
     loop = asyncio.get_running_loop()
     queue: asyncio.PriorityQueue[tuple[int, int, Any, asyncio.Future[None]]] = asyncio.PriorityQueue()
     futures: list[Any] = [None] * depth
@@ -121,3 +129,77 @@ def footprint_rows(depth: int, loop: str) -> list[dict[str, Any]]:
             )
         row["depth"] = depth
     return rows
+
+
+def _once(settings: Settings, tick: Tick) -> dict[str, Any]:
+    # One loop kind is enough: the bytes are the queue's, not the loop's.
+    return {
+        "loop": settings.loops[0],
+        "method": METHOD,
+        "rows": footprint_rows(settings.footprint_depth, settings.loops[0]),
+    }
+
+
+def _report(result: dict[str, Any], settings: dict[str, Any]) -> str:
+    columns: list[Column] = [
+        ("contender", lambda r: r["name"]),
+        ("depth", lambda r: f"{r['depth']:,}"),
+        ("bytes/task", lambda r: f"{r['bytes_per_task']:.0f}"),
+        ("cancel+shutdown s (traced)", lambda r: f"{r['cancel_shutdown_s']:.2f}"),
+    ]
+    return table(
+        f"== footprint group, {result['loop']} loop: memory per queued task",
+        columns,
+        result["rows"],
+        [result["method"]],
+    )
+
+
+def _plot(result: dict[str, Any], settings: dict[str, Any], out: Path) -> list[Path]:
+    rows = result["rows"]
+    fig, ax = figure(size=(8, 3))
+    bars = ax.barh([r["name"] for r in rows], [r["bytes_per_task"] for r in rows], color="tab:purple")
+    ax.bar_label(bars, labels=[f"{r['bytes_per_task']:,.0f} B" for r in rows], padding=3, fontsize="small")
+    ax.axvline(600, color="grey", linestyle=":", label="600 B target (await submit)")
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(r["bytes_per_task"] for r in rows) * 1.25)
+    ax.set_xlabel("bytes per queued task (tracemalloc), handle included")
+    title(ax, f"How much memory does a waiting task take? (depth {rows[0]['depth']:,})")
+    ax.legend(fontsize="small", loc="lower right")
+    return [save(fig, out / "footprint.png")]
+
+
+def _summary(result: dict[str, Any], settings: dict[str, Any]) -> list[SummaryRow]:
+    rows = {r["name"]: r for r in result["rows"]}
+    return [
+        SummaryRow(
+            f"memory per queued task, {path} ({result['loop']})",
+            "B",
+            rows[ours]["bytes_per_task"],
+            REFERENCE,
+            rows[REFERENCE]["bytes_per_task"],
+        )
+        for path, ours in (("await submit", HYBRID), ("submit_blocking", BLOCKING))
+    ]
+
+
+def _targets(result: dict[str, Any], settings: dict[str, Any]) -> list[Mark]:
+    row = next(r for r in result["rows"] if r["name"] == HYBRID)
+    return [mark(settings, f"bytes per queued task at depth {row['depth']:,}", row["bytes_per_task"], 600, "B")]
+
+
+GROUP = register(
+    Group(
+        name="footprint",
+        order=70,
+        question="How much memory does a waiting task take?",
+        report=_report,
+        once=_once,
+        # Three fills of the queue and a cancel of each, under tracemalloc.
+        estimate=lambda settings: settings.footprint_depth * 3 * 15e-6,
+        plot=_plot,
+        summary=_summary,
+        targets=_targets,
+        sizes=lambda settings: f"footprint at depth {settings.footprint_depth:,}",
+    )
+)

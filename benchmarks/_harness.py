@@ -9,6 +9,7 @@ import math
 import statistics
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ __all__ = [
     "WORKERS",
     "CheckFailed",
     "Job",
+    "Progress",
+    "Samples",
     "Settings",
     "Tally",
     "check_equal",
@@ -59,6 +62,7 @@ class Settings:
     out: Path
     progress: bool
     quick: bool
+    full: bool  # the full run (make bench-full): every group, both loops, the 10^6 soaks
     depths: tuple[int, ...]  # queue depths of the depth group
     footprint_depth: int  # tasks queued to measure bytes per task
     soak_tasks: int
@@ -216,21 +220,125 @@ class Job:
         return (self.group, self.loop, self.name)
 
 
-def interleave(jobs: Sequence[Job], rounds: int, progress: bool) -> dict[tuple[str, str, str], list[Any]]:
+Samples = dict[tuple[str, str, str], list[Any]]
+
+
+def interleave(jobs: Sequence[Job], rounds: int, progress: Progress | None = None) -> Samples:
     """Run round 1 of every job, then round 2 of every job, and so on; return the samples per job.
 
     A full collection runs before each job, so no job pays for the garbage of
     the one before it. Exceptions (CheckFailed above all) propagate at once.
+    ``progress``, if given, must have been told the rounds with ``plan_rounds``.
     """
-    samples: dict[tuple[str, str, str], list[Any]] = {job.key: [] for job in jobs}
-    with progress_bar(len(jobs) * rounds, "rounds", progress) as bar:
-        for r in range(rounds):
-            for job in jobs:
-                bar.set_postfix_str(f"round {r + 1}/{rounds} {job.group}/{job.loop}: {job.name}"[:70], refresh=False)
-                gc.collect()
-                samples[job.key].append(job.run())
-                bar.update(1)
+    samples: Samples = {job.key: [] for job in jobs}
+    for r in range(rounds):
+        for job in jobs:
+            if progress is not None:
+                progress.begin(f"round {r + 1}/{rounds} {job.group}/{job.loop}: {job.name}")
+            gc.collect()
+            started = time.perf_counter()
+            samples[job.key].append(job.run())
+            if progress is not None:
+                progress.end_round_step(job.key, time.perf_counter() - started)
     return samples
+
+
+# Seconds between two redraws of the bar from a once-step's ticks.
+_REDRAW_INTERVAL = 0.5
+
+
+class Progress:
+    """One progress bar for a whole run, whose ETA comes from the steps measured so far.
+
+    The rounds are alike (each runs every job once, in the same order), so
+    from the end of round 1 on, the time left is known closely: each job's
+    remaining rounds at its mean time so far. Before that, a job not yet
+    measured counts as the mean of the jobs measured, and the steps that run
+    once as their group's own estimate. Counting finished steps instead (as a
+    plain bar does) gives a wrong ETA: the jobs differ in cost by 100 times.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self._started = time.perf_counter()
+        self._once: dict[str, float] = {}  # steps that run once: estimate, seconds
+        self._jobs: list[tuple[str, str, str]] = []
+        self._rounds = 0
+        self._measured: dict[tuple[str, str, str], list[float]] = {}
+        self._step_started = self._started
+        self._step_estimate = 0.0
+        self._fraction = 0.0  # of the current once-step, from its tick
+        self._drawn = 0.0  # when the bar was last redrawn
+        self._bar = tqdm(
+            total=100,
+            file=sys.stderr,
+            disable=not enabled,
+            dynamic_ncols=True,
+            leave=False,
+            bar_format="{percentage:3.0f}%|{bar}| {elapsed}{postfix}",
+        )
+
+    def plan_once(self, name: str, estimate: float) -> None:
+        """Count a step that runs once, of about ``estimate`` seconds."""
+        self._once[name] = estimate
+
+    def plan_rounds(self, jobs: Sequence[Job], rounds: int) -> None:
+        """Count ``rounds`` rounds of ``jobs``."""
+        self._jobs = [job.key for job in jobs]
+        self._rounds = rounds
+
+    def begin(self, label: str) -> None:
+        """Show that the step ``label`` started."""
+        self._step_started = time.perf_counter()
+        self._fraction = 0.0
+        self._show(label)
+
+    def once(self, name: str) -> Callable[[float], None]:
+        """Start the once-step ``name``; returns its tick, to call with the fraction done."""
+        # Counted from here on as the current step, by its fraction done.
+        self._step_estimate = self._once.pop(name, 0.0)
+        self.begin(name)
+
+        def tick(fraction: float) -> None:
+            self._fraction = fraction
+            # A few redraws a second: a tick comes after every chunk of a
+            # soak, hundreds of times, and each redraw is a line in a log.
+            now = time.perf_counter()
+            if now - self._drawn >= _REDRAW_INTERVAL:
+                self._show(name)
+
+        return tick
+
+    def end_once(self) -> None:
+        """The current once-step ended."""
+        self._step_estimate = 0.0
+        self._fraction = 0.0
+
+    def end_round_step(self, key: tuple[str, str, str], seconds: float) -> None:
+        """One round of job ``key`` took ``seconds``."""
+        self._measured.setdefault(key, []).append(seconds)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        self._bar.close()
+
+    def remaining(self) -> float:
+        """Seconds the planned steps still need, by the estimate above."""
+        means = {key: statistics.fmean(v) for key, v in self._measured.items()}
+        unknown = statistics.fmean(means.values()) if means else 1.0
+        rounds_left = sum(
+            means.get(key, unknown) * (self._rounds - len(self._measured.get(key, ()))) for key in self._jobs
+        )
+        current = self._step_estimate * (1.0 - self._fraction)
+        return rounds_left + sum(self._once.values()) + current
+
+    def _show(self, label: str) -> None:
+        self._drawn = time.perf_counter()
+        elapsed = self._drawn - self._started
+        left = max(0.0, self.remaining())
+        self._bar.n = min(100.0, 100.0 * elapsed / (elapsed + left)) if elapsed + left > 0 else 0.0
+        minutes, seconds = divmod(round(left), 60)
+        self._bar.set_postfix_str(f"ETA {minutes}:{seconds:02d}  {label}"[:90], refresh=False)
+        self._bar.refresh()
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:

@@ -7,14 +7,18 @@ import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 from hybrid_queue import HybridQueue
 
-from ._harness import WORKERS, CheckFailed, Job, Settings, Tally, percentile, run_async
+from ._harness import WORKERS, CheckFailed, Job, Samples, Settings, Tally, percentile, run_async
+from ._plots import LOOP_STYLES, figure, save, title
+from ._registry import Group, Mark, SummaryRow, register
+from ._report import Column, mark, table
 
-__all__ = ["KINDS", "latency_jobs", "latency_rows"]
+__all__ = ["GROUP", "KINDS", "latency_jobs", "latency_rows"]
 
 HYBRID = "hybrid_queue"
 REFERENCE = "asyncio.PriorityQueue"
@@ -213,3 +217,90 @@ def latency_rows(samples: dict[tuple[str, str, str], list[Any]], loop: str) -> l
             }
         )
     return rows
+
+
+def _report(result: dict[str, Any], settings: dict[str, Any]) -> str:
+    columns: list[Column] = [
+        ("contender", lambda r: r["name"]),
+        ("probes", lambda r: str(r["probes"])),
+        ("p50 ms", lambda r: f"{r['p50_ms']:.3f}"),
+        ("p90 ms", lambda r: f"{r['p90_ms']:.3f}"),
+        ("p99 ms", lambda r: f"{r['p99_ms']:.3f}"),
+        ("max ms", lambda r: f"{r['max_ms']:.3f}"),
+    ]
+    return "\n\n".join(
+        table(f"== latency group, {loop} loop: start latency of a priority-{URGENT} task", columns, rows, [METHOD])
+        for loop, rows in result.items()
+    )
+
+
+def _plot(result: dict[str, Any], settings: dict[str, Any], out: Path) -> list[Path]:
+    fig, ax = figure(size=(8, 5))
+    colours = {HYBRID: "tab:blue", REFERENCE: "tab:red"}
+    for loop, rows in result.items():
+        linestyle, _ = LOOP_STYLES.get(loop, ("--", "x"))
+        for row in rows:
+            values = sorted(row["latencies_ms"])
+            ax.step(
+                values,
+                [(i + 1) / len(values) for i in range(len(values))],
+                where="post",
+                color=colours.get(row["name"]),
+                linestyle=linestyle,
+                label=f"{row['name']} ({loop})",
+            )
+    ax.axvline(2.0, color="grey", linestyle=":", label="2 ms target (p99)")
+    ax.set_xlabel("submit to handler start (ms)")
+    ax.set_ylabel("fraction of probes (cumulative, 0 to 1)")
+    title(ax, f"How soon does a priority-{URGENT} task start while all {WORKERS} workers are busy?")
+    ax.legend(fontsize="small")
+    return [save(fig, out / "latency.png")]
+
+
+def _summary(result: dict[str, Any], settings: dict[str, Any]) -> list[SummaryRow]:
+    out = []
+    for loop, rows in result.items():
+        by_kind = {r["name"]: r for r in rows}
+        out.append(
+            SummaryRow(
+                f"priority-{URGENT} start latency p99 ({loop})",
+                "ms",
+                by_kind[HYBRID]["p99_ms"],
+                REFERENCE,
+                by_kind[REFERENCE]["p99_ms"],
+            )
+        )
+    return out
+
+
+def _targets(result: dict[str, Any], settings: dict[str, Any]) -> list[Mark]:
+    return [
+        mark(settings, f"priority-{URGENT} start latency p99 ({loop})", row["p99_ms"], 2.0, "ms")
+        for loop, rows in result.items()
+        for row in rows
+        if row["name"] == HYBRID
+    ]
+
+
+def _sizes(settings: Settings) -> str:
+    return f"{settings.probes} latency probes per contender and loop, backlog {settings.backlog:,}"
+
+
+def _rows(samples: Samples, settings: Settings) -> dict[str, Any]:
+    return {loop: latency_rows(samples, loop) for loop in settings.loops}
+
+
+GROUP = register(
+    Group(
+        name="latency",
+        order=50,
+        question=f"How soon does a priority-{URGENT} task start while every worker is busy?",
+        report=_report,
+        jobs=latency_jobs,
+        rows=_rows,
+        plot=_plot,
+        summary=_summary,
+        targets=_targets,
+        sizes=_sizes,
+    )
+)

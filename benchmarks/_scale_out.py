@@ -22,15 +22,20 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 from hybrid_queue import HybridQueue
 
-from ._harness import CheckFailed, Job, Settings, check_equal, median, run_async
-from ._throughput import throughput_row
+from ._harness import CheckFailed, Job, Samples, Settings, check_equal, median, run_async
+from ._plots import figure, ratio_bars, save, title
+from ._registry import Group, Mark, SummaryRow, register
+from ._report import SELF, Column, mark, table
+from ._throughput import by_name, throughput_row
 
 __all__ = [
+    "GROUP",
     "OVERHEAD_REFERENCE",
     "OVERHEAD_TARGET",
     "PROCESSES",
@@ -261,7 +266,7 @@ def scale_out_jobs(settings: Settings) -> list[Job]:
 _ITERATIONS: dict[bool, int] = {}
 
 
-def scale_out_results(samples: dict[tuple[str, str, str], list[Any]], settings: Settings) -> dict[str, Any]:
+def scale_out_results(samples: Samples, settings: Settings) -> dict[str, Any]:
     """The group's two tables (rows as the throughput groups have them) and what they ran."""
     sizes = QUICK if settings.quick else FULL
     loop = settings.loops[0]
@@ -306,3 +311,133 @@ def scale_out_results(samples: dict[tuple[str, str, str], list[Any]], settings: 
         "throughput": throughput,
         "overhead": overhead,
     }
+
+
+def _report(scale: dict[str, Any], settings: dict[str, Any]) -> str:
+    rounds = settings["rounds"]
+    throughput_columns: list[Column] = [
+        ("contender", lambda r: r["name"] + (" [ref]" if r["reference"] else "")),
+        ("ms/task", lambda r: f"{r['us_per_task'] / 1e3:.2f}"),
+        ("tasks/s", lambda r: f"{r['tasks_per_s']:.1f}"),
+        ("speed-up", lambda r: SELF if r["reference"] else f"{1 / r['ratio']:.2f}x"),
+        ("spread", lambda r: f"{r['spread_pct']:.0f}%"),
+        ("note", lambda r: r["note"]),
+    ]
+    overhead_columns: list[Column] = [
+        ("contender", lambda r: r["name"] + (" [ref]" if r["reference"] else "")),
+        ("us/task", lambda r: f"{r['us_per_task']:.1f}"),
+        ("tasks/s", lambda r: f"{r['tasks_per_s']:,.0f}"),
+        ("ratio", lambda r: SELF if r["reference"] else f"{r['ratio']:.2f}x"),
+        ("spread", lambda r: f"{r['spread_pct']:.0f}%"),
+        ("note", lambda r: r["note"]),
+    ]
+    return "\n\n".join(
+        [
+            table(
+                f"== scale_out group, {scale['loop']} loop: {scale['cpu_tasks']} CPU-bound tasks of about "
+                f"{scale['handler_ms']:g} ms ({scale['spin_iterations']:,} iterations) per round, "
+                f"{scale['workers']} workers, median of {rounds} rounds, {scale['cpus']} CPUs",
+                throughput_columns,
+                scale["throughput"],
+                ["speed-up: the reference's median time over this row's (higher is faster)", scale["method"]],
+            ),
+            table(
+                f"== scale_out group, {scale['loop']} loop: Dask per-task overhead, {scale['overhead_tasks']:,} "
+                f"no-op tasks per round, median of {rounds} rounds",
+                overhead_columns,
+                scale["overhead"],
+                ["ratio: median time over the reference's (lower is faster)"],
+            ),
+        ]
+    )
+
+
+def _plot(scale: dict[str, Any], settings: dict[str, Any], out: Path) -> list[Path]:
+    # Two questions, two figures: how much faster do CPU-bound handlers run
+    # off the GIL, and what does the queue add to Dask's own cost per task.
+    paths = []
+    rows = scale["throughput"]
+    fig, ax = figure(size=(9, 3.2))
+    ratio_bars(
+        ax,
+        [r["name"] + (" (reference)" if r["reference"] else "") for r in rows],
+        {scale["loop"]: [1 / r["ratio"] for r in rows]},
+        {scale["loop"]: [f"{r['us_per_task'] / 1e3:.1f} ms/task" for r in rows]},
+        xlabel="speed-up over the default thread pool (x; higher is faster)",
+    )
+    title(
+        ax,
+        f"How much faster do CPU-bound handlers run on processes or Dask? "
+        f"{scale['cpu_tasks']} tasks of ~{scale['handler_ms']:g} ms, {scale['workers']} workers",
+    )
+    paths.append(save(fig, out / "scale_out.png"))
+    rows = scale["overhead"]
+    fig, ax = figure(size=(9, 3.2))
+    ratio_bars(
+        ax,
+        [r["name"] + (" (reference)" if r["reference"] else "") for r in rows],
+        {scale["loop"]: [r["ratio"] for r in rows]},
+        {scale["loop"]: [f"{r['us_per_task']:,.0f} us/task" for r in rows]},
+        xlabel="time per task over Client.submit's (x; lower is faster)",
+    )
+    title(ax, f"What does the queue add to Dask's cost per task? {scale['overhead_tasks']:,} no-op tasks per round")
+    paths.append(save(fig, out / "dask_overhead.png"))
+    return paths
+
+
+def _summary(scale: dict[str, Any], settings: dict[str, Any]) -> list[SummaryRow]:
+    ours = by_name(scale["overhead"], OVERHEAD_TARGET)["us_per_task"]
+    return [
+        SummaryRow(
+            f"no-op tasks on Dask, await submit ({scale['loop']})",
+            "us/task",
+            ours,
+            peer,
+            by_name(scale["overhead"], peer)["us_per_task"],
+        )
+        for peer in (OVERHEAD_REFERENCE, CLIENT_EXECUTOR)
+    ]
+
+
+def _targets(scale: dict[str, Any], settings: dict[str, Any]) -> list[Mark]:
+    workers, loop = scale["workers"], scale["loop"]
+    speedup = 1 / by_name(scale["throughput"], PROCESSES)["ratio"]
+    overhead = by_name(scale["overhead"], OVERHEAD_TARGET)["ratio"]
+    return [
+        mark(
+            settings,
+            f"CPU-bound throughput, {workers} processes vs {workers} threads ({loop})",
+            speedup,
+            1.6,
+            "x",
+            at_least=True,
+        ),
+        mark(settings, f"per-task cost on Dask, queue vs Client.submit ({loop})", overhead, 1.2, "x"),
+    ]
+
+
+def _sizes(settings: Settings) -> str:
+    sizes = QUICK if settings.quick else FULL
+    return (
+        f"scale-out: {sizes.cpu_tasks} CPU-bound tasks of about {sizes.handler_ms:g} ms and "
+        f"{sizes.overhead_tasks:,} no-op Dask tasks per round (first loop kind only)"
+    )
+
+
+GROUP = register(
+    Group(
+        name="scale_out",
+        order=80,
+        question="How much faster do CPU-bound handlers run off the GIL, and what does the queue cost on Dask?",
+        report=_report,
+        # A Dask cluster and 40 tasks of 50 ms per contender and round: the full run only.
+        in_default=False,
+        jobs=scale_out_jobs,
+        rows=scale_out_results,
+        plot=_plot,
+        summary=_summary,
+        targets=_targets,
+        sizes=_sizes,
+        close=close,
+    )
+)

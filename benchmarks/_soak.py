@@ -10,6 +10,7 @@ import sys
 import tracemalloc
 from array import array
 from collections.abc import Callable
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
@@ -17,9 +18,12 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the bench extra
 
 from hybrid_queue import HybridQueue
 
-from ._harness import WORKERS, CheckFailed, Settings, Tally, check_equal, progress_bar, run_async
+from ._harness import WORKERS, CheckFailed, Settings, Tally, check_equal, run_async
+from ._plots import figure, plain_counts, save, title
+from ._registry import Group, Mark, Tick, register
+from ._report import KIB, MIB, mark
 
-__all__ = ["METHOD", "soak"]
+__all__ = ["GROUP", "METHOD", "soak"]
 
 # After the last task, how long past the TTL to wait for the store to empty
 # before measuring anyway (and reporting the results still stored).
@@ -65,7 +69,7 @@ async def _until_expired(queue: HybridQueue, ttl: float) -> float:
     return perf_counter() - started
 
 
-async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
+async def _pass(settings: Settings, trace: bool, tick: Callable[[int], None]) -> dict[str, Any]:
     tasks, chunk, ttl = settings.soak_tasks, settings.soak_chunk, settings.result_ttl
     # Only the RSS pass repeats: under tracemalloc a soak takes about four
     # times as long, and one soak's reading already counts every Python
@@ -111,24 +115,23 @@ async def _pass(settings: Settings, trace: bool) -> dict[str, Any]:
     # Each soak's time for its tasks, and its wait for the store to empty, s.
     run_s, wait_s = (array("d", bytes(8 * soaks)) for _ in range(2))
     trim = _find_malloc_trim()
-    # Made before the baseline too: making a tqdm bar imports modules and
-    # starts a monitor thread, whose memory would count as the soak's.
-    bar = progress_bar(soaks * tasks, "soak (tracemalloc)" if trace else "soak (RSS)", settings.progress)
+    # The run's progress bar was made before this baseline: making a tqdm
+    # bar imports modules and starts a monitor thread, whose memory would
+    # count as the soak's. A tick only formats a line and drops it.
     _settle(process, settled_rss, settled_traced, settled_blocks, 0)
     rss[0], traced[0] = settled_rss[0], settled_traced[0]
-    with bar:
-        for s in range(soaks):
-            started = perf_counter()
-            for c, first in enumerate(chunks):
-                indices = range(s * tasks + first, s * tasks + min(first + chunk, tasks))
-                await run_chunk(echo if c % 2 == 0 else echo_sync, indices)
-                k = s * len(chunks) + c + 1
-                done[k] = indices.stop
-                rss[k], traced[k] = process.memory_info().rss, _read_traced()
-                bar.update(len(indices))
-            run_s[s] = perf_counter() - started
-            wait_s[s] = await _until_expired(queue, ttl)
-            _settle(process, settled_rss, settled_traced, settled_blocks, s + 1)
+    for s in range(soaks):
+        started = perf_counter()
+        for c, first in enumerate(chunks):
+            indices = range(s * tasks + first, s * tasks + min(first + chunk, tasks))
+            await run_chunk(echo if c % 2 == 0 else echo_sync, indices)
+            k = s * len(chunks) + c + 1
+            done[k] = indices.stop
+            rss[k], traced[k] = process.memory_info().rss, _read_traced()
+            tick(len(indices))
+        run_s[s] = perf_counter() - started
+        wait_s[s] = await _until_expired(queue, ttl)
+        _settle(process, settled_rss, settled_traced, settled_blocks, s + 1)
     trimmed_rss = None
     if trim is not None:
         trim(0)
@@ -177,16 +180,34 @@ def _settle(process: psutil.Process, rss: array[int], traced: array[int], blocks
     rss[k], traced[k], blocks[k] = process.memory_info().rss, _read_traced(), sys.getallocatedblocks()
 
 
-def soak(settings: Settings, loop: str) -> dict[str, Any]:
-    """Both passes of the soak on loops of kind ``loop``; sizes, samples and before/after readings."""
+# Under tracemalloc a task costs about this many times as much as without.
+_TRACED_COST = 4
+
+
+def soak(settings: Settings, loop: str, tick: Tick = lambda fraction: None) -> dict[str, Any]:
+    """Both passes of the soak on loops of kind ``loop``; sizes, samples and before/after readings.
+
+    ``tick`` is called with the fraction of the work done, after every chunk.
+    """
+    # The work in task-costs: the RSS pass's soaks, then one soak under tracemalloc.
+    total = (1 + settings.soak_repeats + _TRACED_COST) * settings.soak_tasks
+    done = [0]
+
+    def counted(weight: int) -> Callable[[int], None]:
+        def add(tasks: int) -> None:
+            done[0] += weight * tasks
+            tick(done[0] / total)
+
+        return add
+
     gc.collect()
-    rss_pass = run_async(loop, lambda: _pass(settings, trace=False))
+    rss_pass = run_async(loop, lambda: _pass(settings, trace=False, tick=counted(1)))
     gc.collect()
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()
     try:
-        traced_pass = run_async(loop, lambda: _pass(settings, trace=True))
+        traced_pass = run_async(loop, lambda: _pass(settings, trace=True, tick=counted(_TRACED_COST)))
     finally:
         if not was_tracing:
             tracemalloc.stop()
@@ -209,3 +230,113 @@ def soak(settings: Settings, loop: str) -> dict[str, Any]:
         "rss_delta": rss_pass["after_rss"] - rss_pass["baseline_rss"],
         "traced_delta": traced_pass["after_traced"] - traced_pass["baseline_traced"],
     }
+
+
+def _report(soak: dict[str, Any], settings: dict[str, Any]) -> str:
+    rss, traced = soak["rss_pass"], soak["traced_pass"]
+    return "\n".join(
+        [
+            f"== soak group, {soak['loop']} loop: {soak['tasks']:,} tasks, result_ttl {soak['result_ttl']} s",
+            f"RSS pass:         baseline {rss['baseline_rss'] / MIB:8.1f} MiB, peak {rss['peak_rss'] / MIB:8.1f} MiB, "
+            f"after TTL {rss['after_rss'] / MIB:8.1f} MiB (delta {soak['rss_delta'] / MIB:+.2f} MiB); "
+            f"{rss['run_s']:.1f} s for the tasks, {rss['waited_for_expiry_s']:.1f} s until the store emptied",
+            f"                  after the TTL of each of {rss['soaks']} soaks (the first is the target's): RSS "
+            + ", ".join(f"{d / MIB:+.1f}" for d in rss["soaks_rss_delta"])
+            + " MiB; Python's live memory blocks "
+            + ", ".join(f"{d:+,}" for d in rss["soaks_blocks_delta"])
+            + f" (one object kept per task would add {soak['tasks']:,} per soak); "
+            f"{rss['results_stored_after']} results still stored after the last",
+            "                  after the last TTL and glibc malloc_trim(0): "
+            + (
+                f"{rss['after_last_rss_malloc_trim'] / MIB:.1f} MiB (diagnostic: memory the allocator kept)"
+                if rss["after_last_rss_malloc_trim"] is not None
+                else "n/a (no glibc)"
+            ),
+            f"tracemalloc pass: baseline {traced['baseline_traced'] / MIB:8.2f} MiB, peak "
+            f"{traced['peak_traced'] / MIB:8.2f} MiB, after TTL {traced['after_traced'] / MIB:8.2f} MiB "
+            f"(delta {soak['traced_delta'] / KIB:+.1f} KiB); {traced['run_s']:.1f} s for the tasks, "
+            f"{traced['results_stored_after']} results still stored",
+            f"  {soak['method']}",
+        ]
+    )
+
+
+def _plot(soak: dict[str, Any], settings: dict[str, Any], out: Path) -> list[Path]:
+    # Not sharing x: the RSS pass runs more soaks than the tracemalloc pass.
+    fig, (top, bottom) = figure(2, 1, size=(8, 7))
+    rss = soak["rss_pass"]
+    # The RSS pass runs several soaks: one line per soak, not joined across
+    # the wait for the TTL, and a dot for what stayed after each TTL.
+    samples, per_soak = rss["samples"], (len(rss["samples"]) - 1) // rss["soaks"]
+    for i in range(rss["soaks"]):
+        # Soak i's samples, the first soak's from the baseline.
+        part = samples[i * per_soak + (i > 0) : (i + 1) * per_soak + 1]
+        top.plot(
+            [s[0] for s in part],
+            [s[1] / MIB for s in part],
+            color="tab:blue",
+            label="RSS during the soaks" if i == 0 else None,
+        )
+    ends = [(i + 1) * soak["tasks"] for i in range(rss["soaks"])]
+    settled = [(rss["baseline_rss"] + d) / MIB for d in rss["soaks_rss_delta"]]
+    top.plot(ends, settled, "o", color="green", label="RSS after each soak's TTL (first: the target's)")
+    top.axhline(rss["baseline_rss"] / MIB, color="grey", linestyle=":", label="baseline")
+    top.set_ylabel("RSS (MiB)")
+    top.set_xlabel("tasks done (count)")
+    plain_counts(top.xaxis)
+    top.legend(fontsize="small")
+    traced = soak["traced_pass"]
+    bottom.plot(
+        [s[0] for s in traced["samples"]],
+        [s[2] / MIB for s in traced["samples"]],
+        color="tab:orange",
+        label="tracemalloc during the run",
+    )
+    bottom.axhline(traced["after_traced"] / MIB, color="green", linestyle="--", label="after the TTL")
+    bottom.axhline(traced["baseline_traced"] / MIB, color="grey", linestyle=":", label="baseline")
+    bottom.set_ylabel("traced memory (MiB)")
+    bottom.set_xlabel("tasks done, one soak (count)")
+    plain_counts(bottom.xaxis)
+    bottom.legend(fontsize="small")
+    title(
+        top,
+        f"Does memory come back once results expire? {soak['tasks']:,} tasks per soak, "
+        f"result_ttl {soak['result_ttl']} s ({soak['loop']})",
+    )
+    return [save(fig, out / "soak.png")]
+
+
+def _targets(soak: dict[str, Any], settings: dict[str, Any]) -> list[Mark]:
+    return [
+        mark(settings, "soak: tracemalloc after TTL minus baseline", soak["traced_delta"], 64 * KIB, "KiB"),
+        mark(settings, "soak: RSS after TTL minus baseline", soak["rss_delta"], 16 * MIB, "MiB"),
+    ]
+
+
+def _sizes(settings: Settings) -> str:
+    return (
+        f"soak of {settings.soak_tasks:,} tasks (chunks of {settings.soak_chunk:,}, result_ttl "
+        f"{settings.result_ttl} s), then {settings.soak_repeats} more for RSS"
+    )
+
+
+def _estimate(settings: Settings) -> float:
+    # About 30 us per task of work (half coroutine, half sync handlers), plus the TTL waits.
+    work = (1 + settings.soak_repeats + _TRACED_COST) * settings.soak_tasks * 30e-6
+    return work + (3 + settings.soak_repeats) * settings.result_ttl
+
+
+GROUP = register(
+    Group(
+        name="soak",
+        order=60,
+        question="Does memory come back once results expire?",
+        report=_report,
+        # One loop kind is enough: the memory is the queue's.
+        once=lambda settings, tick: soak(settings, settings.loops[0], tick),
+        estimate=_estimate,
+        plot=_plot,
+        targets=_targets,
+        sizes=_sizes,
+    )
+)

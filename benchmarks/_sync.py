@@ -13,9 +13,11 @@ from hybrid_queue import HybridQueue
 
 from ._coroutine import on_loop
 from ._harness import WORKERS, CheckFailed, Tally, check_equal, loop_policy, run_in_threads, slices
-from ._throughput import Contender
+from ._registry import Mark, SummaryRow, register
+from ._report import mark
+from ._throughput import Contender, by_name, throughput_group
 
-__all__ = ["CONTENDERS", "REFERENCE", "REFERENCE_THREADS", "TARGET_BLOCKING", "TARGET_ROW"]
+__all__ = ["CONTENDERS", "GROUP", "REFERENCE", "REFERENCE_THREADS", "TARGET_BLOCKING", "TARGET_ROW"]
 
 REFERENCE = f"ThreadPoolExecutor({WORKERS}).submit + wait"
 REFERENCE_THREADS = f"ThreadPoolExecutor.submit from {WORKERS} threads"
@@ -146,4 +148,60 @@ CONTENDERS = (
     Contender(TARGET_ROW, on_loop(_hybrid_queue_round), REFERENCE, "the target row"),
     Contender(REFERENCE_THREADS, _executor_threads_round, None, "no event loop; second reference"),
     Contender(TARGET_BLOCKING, _submit_blocking_round, REFERENCE_THREADS, "start_background() + shutdown_blocking()"),
+)
+
+
+def _summary(result: dict[str, Any], settings: dict[str, Any]) -> list[SummaryRow]:
+    out = []
+    for loop, rows in result.items():
+        for path, ours, peers in (
+            ("sync handlers, await submit", TARGET_ROW, (REFERENCE, RUN_IN_EXECUTOR)),
+            (f"submit_blocking from {WORKERS} threads", TARGET_BLOCKING, (REFERENCE_THREADS,)),
+        ):
+            mine = by_name(rows, ours)["us_per_task"]
+            out += [
+                SummaryRow(f"{path} ({loop})", "us/task", mine, peer, by_name(rows, peer)["us_per_task"])
+                for peer in peers
+            ]
+    return out
+
+
+def _targets(result: dict[str, Any], settings: dict[str, Any]) -> list[Mark]:
+    marks = []
+    for loop, rows in result.items():
+        hq = by_name(rows, TARGET_ROW)
+        marks.append(mark(settings, f"sync path ({loop}): hybrid_queue vs TPE.submit", hq["ratio"], 1.25, "x"))
+        faster = by_name(rows, RUN_IN_EXECUTOR)["median_s"] / hq["median_s"]
+        marks.append(
+            mark(
+                settings,
+                f"sync path ({loop}): hybrid_queue faster than run_in_executor",
+                faster,
+                3.0,
+                "x",
+                at_least=True,
+            )
+        )
+        blocking = by_name(rows, TARGET_BLOCKING)["ratio"]
+        marks.append(
+            mark(
+                settings,
+                f"submit_blocking from {WORKERS} threads ({loop}) vs TPE.submit from {WORKERS} threads",
+                blocking,
+                1.25,
+                "x",
+            )
+        )
+    return marks
+
+
+GROUP = register(
+    throughput_group(
+        "sync",
+        20,
+        f"How long does a no-op sync task take on {WORKERS} threads, against concurrent.futures?",
+        lambda settings: CONTENDERS,
+        summary=_summary,
+        targets=_targets,
+    )
 )
