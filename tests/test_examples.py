@@ -113,3 +113,41 @@ def test_fastapi_unknown_job_is_404(client):
 
 def test_fastapi_rejects_a_bad_request(client):
     assert client.post("/jobs", json={"limit": -1}).status_code == 422
+
+
+README = EXAMPLES.parent / "README.md"
+
+
+def quick_start(title: str) -> str:
+    """The Python block under the README heading ``## Quick start: <title>``."""
+    text = README.read_text(encoding="utf-8")
+    found = re.search(rf"^## Quick start: {title}\n.*?^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    assert found, f"README.md has no Python block under '## Quick start: {title}'"
+    return found.group(1)
+
+
+def run_source(source: str) -> str:
+    """Run ``source`` as a program with this interpreter; return its stdout. Fails on any stderr output."""
+    done = subprocess.run(
+        [sys.executable, "-c", source],
+        cwd=EXAMPLES.parent,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    return done.stdout
+
+
+def test_readme_async_quick_start_runs():
+    out = run_source(quick_start("async"))
+    first, second = out.splitlines()
+    # len("https://example.org/a") and sum(b"payload") % 255
+    assert first == f"{len('https://example.org/a')} {sum(b'payload') % 255}"
+    assert second.startswith("TaskStatus.COMPLETED {'submitted': 2,")
+
+
+def test_readme_sync_quick_start_runs():
+    assert run_source(quick_start("sync")) == "['a.png', 'b.png']\n"
