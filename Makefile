@@ -10,16 +10,17 @@ STAMP_TEST := $(VENV)/.stamp-test
 STAMP_BENCH := $(VENV)/.stamp-bench
 PYTEST_ARGS ?=
 
-.PHONY: test lint dist soak reliability bench bench-full clean
+.PHONY: test lint dist docs soak reliability bench bench-full clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # The test environment has the bench extra too: the suite runs a quick
-# benchmark pass so the benchmarks cannot rot.
+# benchmark pass so the benchmarks cannot rot; and the docs extra, since
+# `make test` builds the documentation site.
 $(STAMP_TEST): $(BIN)/python setup.cfg pyproject.toml hybrid_queue
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,docs]'
 	touch $@
 
 $(STAMP_BENCH): $(BIN)/python setup.cfg pyproject.toml hybrid_queue
@@ -35,11 +36,26 @@ lint: $(STAMP_TEST)
 	$(BIN)/mypy hybrid_queue benchmarks examples
 	$(BIN)/mypy tests/typing
 
+# The core rules run again under asyncio's debug mode (slow callbacks, never
+# awaited coroutines, calls from the wrong thread); the memory tests, which
+# push 200,000-task bursts, only once.
+DEBUG_TESTS := tests/test_priority.py tests/test_concurrency.py tests/test_tasks.py tests/test_retries.py \
+	tests/test_cancellation.py tests/test_timeouts.py tests/test_results.py tests/test_shutdown.py tests/test_nesting.py
+
 # Every async test runs on the asyncio loop and on uvloop (see tests/conftest.py).
 test: $(STAMP_TEST) lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
-	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -m "not slow" -q tests/test_core.py $(PYTEST_ARGS)
+	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -m "not slow and not memory" -q $(DEBUG_TESTS) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory dist
+	$(MAKE) --no-print-directory docs
+
+# The documentation site (mkdocs.yml, docs/) into site/. --strict turns every
+# warning into a failure: a broken link, a reference mkdocstrings cannot
+# resolve, a page missing from the nav. The benchmark tables are made from
+# docs/data/bench.json during the build, by the hook tools/bench_tables.py.
+# NO_MKDOCS_2_WARNING silences the theme's banner about its end of support.
+docs: $(STAMP_TEST)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 # Builds the sdist and, from it, the wheel, in an isolated environment with
 # the build requirements of pyproject.toml (from PyPI, as a release build

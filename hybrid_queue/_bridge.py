@@ -1,4 +1,13 @@
-"""The one crossing from worker threads to the event loop, batched.
+"""The queue's event loop: binding to it, and the one way to run something there.
+
+``LoopBinding`` is the vocabulary every other module uses: ``now_or_soon``
+(inline on the loop thread, else soon), ``soon`` (never inline: from under
+the scheduler's lock, or behind the current callback) and ``later`` (a
+timer, on the queue's clock when it has one). Calls from other threads go
+through ``LoopBridge``, the one crossing, batched; the one hot path that
+knows it is off the loop thread (a pool thread handing a result over)
+posts to ``LoopBinding.bridge`` itself: on that path each Python call
+counts, since it is where the thread also contends for the GIL.
 
 ``loop.call_soon_threadsafe`` costs a lock, a deque append and a write to the
 loop's self-pipe. Calls posted while a drain is already scheduled ride on that
@@ -9,11 +18,15 @@ once, not once per task.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["LoopBridge"]
+if TYPE_CHECKING:
+    from ._clock import Clock, TimerHandle
+
+__all__ = ["LoopBinding", "LoopBridge"]
 
 
 class LoopBridge:
@@ -73,3 +86,69 @@ class LoopBridge:
                 self._loop.call_exception_handler(
                     {"message": f"hybrid_queue: error in {fn!r} posted to the loop", "exception": exc}
                 )
+
+
+class LoopBinding:
+    """The loop a queue is bound to, and how to run something there. No lock of its own.
+
+    ``bind_locked`` is called with the scheduler's lock held, once; ``loop``
+    never changes after it, so every reader may read it without the lock.
+    The rest may be called from any thread (``later``: the loop thread).
+    """
+
+    __slots__ = ("_timers", "bridge", "loop", "thread")
+
+    def __init__(self, timers: Clock | None) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # The loop's thread while the loop runs; None before, and once it stopped for good.
+        self.thread: int | None = None
+        # The crossing from other threads; None until bound.
+        self.bridge: LoopBridge | None = None
+        self._timers = timers
+
+    def bind_locked(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to ``loop``, whose thread is the caller's. Raises RuntimeError if bound to another."""
+        if self.loop is not None:
+            raise RuntimeError(
+                "this HybridQueue is bound to another event loop; use it only from the loop it was "
+                "started on (from other threads, use submit_blocking())"
+            )
+        self.loop = loop
+        self.thread = threading.get_ident()
+        self.bridge = LoopBridge(loop)
+
+    def unbind_thread(self) -> None:
+        """Forget the loop thread once the loop stopped for good."""
+        self.thread = None
+
+    def now_or_soon(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` on the loop: now if this is the loop thread, else soon. Any thread.
+
+        False if it can never run: no loop yet, or the loop is closed.
+        """
+        if threading.get_ident() == self.thread:
+            if self.loop is not None and self.loop.is_closed():
+                return False
+            fn(*args)
+            return True
+        return self.bridge is not None and self.bridge.post(fn, *args)
+
+    def soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon, never inline. Any thread, the scheduler's lock held or not.
+
+        Under the lock, ``fn`` (which may take it) must not run inline even
+        on the loop thread: it goes behind the current callback instead.
+        """
+        if threading.get_ident() == self.thread:
+            assert self.loop is not None
+            if not self.loop.is_closed():
+                self.loop.call_soon(fn, *args)
+        elif self.bridge is not None:
+            self.bridge.post(fn, *args)
+
+    def later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Call ``fn(*args)`` after ``delay`` seconds. Loop thread. On the queue's clock when it has its own."""
+        if self._timers is not None:
+            return self._timers.call_later(delay, fn, *args)
+        assert self.loop is not None
+        return self.loop.call_later(delay, fn, *args)

@@ -133,7 +133,7 @@ class _Loan:
 
     def _grant(self) -> None:
         # Any thread, no lock held: a slot is this loan's now.
-        self.holder.sched.post(self._back)
+        self.holder.sched.at_loop.soon(self._back)
 
     def _back(self) -> None:
         # Loop thread: the slot is back with the handler.

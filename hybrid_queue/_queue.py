@@ -1,4 +1,7 @@
-"""HybridQueue: the public face of the scheduler, its workers and its lifecycle."""
+"""HybridQueue: the public face of the scheduler and its workers: construction, submits, results, listeners.
+
+Starting and shutting down are in its base, ``_shutdown.QueueLifetime``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,9 @@ import concurrent.futures
 import functools
 import inspect
 import logging
-import sys
 import threading
-import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sized
-from types import TracebackType
 from typing import Any, TypeVar, TypeVarTuple, overload
 
 from ._background import LoopThread
@@ -24,11 +24,12 @@ from ._nesting import current_holder
 from ._pool import WorkerPool
 from ._retry import RetryPolicy
 from ._scheduler import Scheduler
+from ._shutdown import QueueLifetime
 from ._stats import QueueStats
 from ._store import ResultStore
 from ._task import ChildHandle, Task, TaskFuture, TaskHandle, TaskId, TaskResult, TaskStatus, fill_record
 from ._validate import check_bool, check_int, check_max_retries, check_task_id, check_timeout, is_coroutine_function
-from ._workers import Runner, _shut
+from ._workers import Runner
 
 __all__ = ["HybridQueue"]
 
@@ -38,15 +39,8 @@ Ts = TypeVarTuple("Ts")
 
 logger = logging.getLogger("hybrid_queue")
 
-# Where the scheduler's lock is taken: a frame of that module on the stack
-# of the thread that calls shutdown_blocking, while the lock is held, means
-# it re-entered the queue (a signal handler that interrupted submit_blocking
-# or stats, say), perhaps holding the lock itself.
-_SCHEDULER_GLOBALS = vars(sys.modules[Scheduler.__module__])
-_REENTRY_PROBE = 0.5  # seconds
 
-
-class HybridQueue:
+class HybridQueue(QueueLifetime):
     """One priority queue for coroutine handlers and sync handlers.
 
     ``workers`` handlers (of both kinds together) run at once. Higher
@@ -134,17 +128,11 @@ class HybridQueue:
         # One attribute, written whole: threads submit concurrently. A weak
         # reference, so the cache never keeps a handler (or what it binds) alive.
         self._last_kind: tuple[weakref.ref[Callable[..., Any]] | None, bool] = (None, False)
-        # Lifecycle, changed only on the loop thread (or before any loop):
-        # "new" -> "running" -> "stopping" -> "stopped".
-        self._lifecycle = "new"
+        # See QueueLifetime for these.
         self._closing: asyncio.Task[None] | None = None  # the one shutdown, once begun
         self._background: LoopThread | None = None
         self._unwind_grace = grace
-        # Serializes shutdown_blocking callers: the first one shuts down and
-        # stops the background loop; the others find it stopped. Reentrant,
-        # for a signal handler that interrupts a shutdown_blocking call.
         self._blocking_shutdown = threading.RLock()
-        # Loop thread only: shutdowns asked for by request_shutdown.
         self._requests: set[asyncio.Task[None]] = set()
         attach = getattr(clock, "_attach", None)
         if attach is not None:  # a FakeClock: its sleep() waits for this queue to be quiet
@@ -153,7 +141,7 @@ class HybridQueue:
     def __repr__(self) -> str:
         s = self.stats()
         return (
-            f"<HybridQueue {self._lifecycle} workers={s.workers} pending={s.pending} "
+            f"<HybridQueue {self._sched.life.state.value} workers={s.workers} pending={s.pending} "
             f"running={s.running} retrying={s.retrying}>"
         )
 
@@ -161,296 +149,6 @@ class HybridQueue:
     def workers(self) -> int:
         """How many handlers may run at once."""
         return self._sched.workers
-
-    # ---------------------------------------------------------------- lifecycle
-
-    async def start(self) -> None:
-        """Start running tasks on the current event loop; tasks already submitted start now.
-
-        Idempotent on the same loop. Raises RuntimeError on another loop, or
-        after shutdown (a queue does not restart; make a new one).
-        """
-        loop = asyncio.get_running_loop()
-        if self._lifecycle == "new":
-            # An owned executor is made first: a factory that raises leaves
-            # the queue as it was, new and bound to no loop.
-            self._runner.open()
-        self._bind(loop)
-        if self._lifecycle == "running":
-            return
-        if self._lifecycle != "new":
-            raise RuntimeError("this HybridQueue was shut down and cannot restart; make a new HybridQueue")
-        self._lifecycle = "running"
-        logger.debug("queue started with %d workers", self.workers)
-        self._sched.start()
-
-    async def shutdown(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> None:
-        """Stop accepting tasks, settle every outstanding one, and release all resources.
-
-        - ``wait=True``: tasks already submitted run to their end (retries
-          included); ``cancel_pending=True`` cancels those still waiting for a
-          worker or a retry, and lets only the running ones finish.
-        - ``timeout``: after this many seconds of waiting, whatever is left is
-          cancelled.
-        - ``wait=False``: everything unfinished is cancelled at once.
-
-        Every handle and future is resolved when this returns. A running sync
-        handler cannot be interrupted: a cancelled one is abandoned and its
-        thread finishes on its own. An owned executor is shut down; worker
-        coroutines and timers are cancelled and awaited. Stored results stay
-        readable. Idempotent: a second call applies its stronger options
-        (``cancel_pending``, ``wait=False``) and waits for the first to end.
-        """
-        timeout = check_timeout("timeout", timeout)
-        loop = asyncio.get_running_loop()
-        self._bind(loop)
-        self._sched.stop_accepting()
-        if not wait or cancel_pending or self._lifecycle == "new":
-            # No new attempt either: a running task that fails now ends
-            # FAILED, instead of a retry that would be cancelled at once.
-            self._sched.stop_retrying()
-            # A queue that never started cannot drain: nothing would run.
-            self._cancel(TaskStatus.PENDING, TaskStatus.RETRY_WAIT)
-        if not wait:
-            self._cancel()
-        if self._closing is None:
-            self._closing = loop.create_task(self._close(wait, timeout), name="hybrid_queue-shutdown")
-        # Shielded: a caller that stops waiting (a timeout around this await)
-        # does not abandon the clean-up half-way, and every call waits for
-        # the same one.
-        await asyncio.shield(self._closing)
-
-    async def _close(self, wait: bool, timeout: float | None) -> None:
-        if self._lifecycle == "new":
-            self._lifecycle = "stopped"
-            self._sched.close()
-            await self._shutdown_executor(wait)
-            self._sched.flush_events()
-            return
-        self._lifecycle = "stopping"
-        logger.debug("queue shutting down (wait=%s, timeout=%s)", wait, timeout)
-        try:
-            if wait:
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self._sched.wait_idle()
-                except TimeoutError:
-                    logger.debug("shutdown timeout of %s s reached; cancelling what is left", timeout)
-                    self._sched.stop_retrying()
-                    self._cancel()
-            if not await self._runner.close(self._unwind_grace):
-                logger.warning(
-                    "a coroutine handler ignored cancellation for %s s (unwind_grace); abandoned it",
-                    self._unwind_grace,
-                )
-            idle = self._sched.stats().busy_workers == 0
-            self._sched.close()
-            await self._shutdown_executor(wait and idle)
-        finally:
-            self._lifecycle = "stopped"
-            # Listeners hear the last events before shutdown returns.
-            self._sched.flush_events()
-            logger.debug("queue stopped")
-
-    def _cancel(self, *states: TaskStatus) -> None:
-        self._sched.cancel_where(*states)
-
-    @property
-    def _executor(self) -> concurrent.futures.Executor | None:
-        # The executor in use now (an owned one may have been replaced).
-        return self._runner.executor
-
-    async def _shutdown_executor(self, wait: bool) -> None:
-        executor = self._runner.take_executor()
-        if executor is None:  # the caller's, or never made
-            return
-        # Off the loop: joining a pool's threads blocks, and so may cancelling
-        # (a Dask client talks to its scheduler, and closes).
-        loop = asyncio.get_running_loop()
-        joined: asyncio.Future[None] = loop.create_future()
-
-        def join() -> None:
-            _shut(executor, wait=wait)
-            try:
-                loop.call_soon_threadsafe(_resolve, joined)
-            except RuntimeError:  # wait=False, and the loop has closed since: nobody waits
-                pass
-
-        threading.Thread(target=join, name="hybrid_queue-join", daemon=True).start()
-        if wait:
-            await joined
-
-    async def __aenter__(self) -> HybridQueue:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        # On an error, do not drain the backlog: cancel what waits, finish what runs.
-        await self.shutdown(wait=True, cancel_pending=exc_type is not None)
-
-    def start_background(self) -> None:
-        """Run the queue on an event loop of its own, in a daemon thread.
-
-        For sync programs. Call from any thread that is not running this
-        queue's loop; stop with ``shutdown_blocking``.
-        """
-        if self._lifecycle != "new" or self._sched.loop is not None:
-            raise RuntimeError(
-                "start_background() needs a queue that was never started or used from an event loop; "
-                "make a new HybridQueue"
-            )
-        background = LoopThread()
-        background.start()
-        try:
-            background.run(self.start())
-        except BaseException:
-            background.stop()
-            raise
-        self._background = background
-
-    @shielded
-    def shutdown_blocking(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> None:
-        """``shutdown`` for sync code: block the calling thread until it is done.
-
-        Call from any thread but the queue's loop thread (there, ``await
-        shutdown()``). Stops the background loop of ``start_background``.
-        Several threads may call it at once: each returns once the one
-        shutdown is done.
-
-        If the queue's loop has ended without a shutdown (``asyncio.run``
-        returned), what the queue owns is released here: every unfinished
-        task is cancelled (their futures settled) and the owned pool shut
-        down. In a forked child of the process that started the queue it
-        returns at once: nothing of the parent's is the child's to stop.
-
-        Not from a signal handler (use ``request_shutdown``): one that
-        interrupted this thread inside the queue raises RuntimeError here
-        instead of waiting for a lock that its own thread holds.
-        """
-        timeout = check_timeout("timeout", timeout)
-        if self._sched.forked:
-            return
-        _refuse_reentry("shutdown_blocking", self._sched.lock)
-        loop = self._sched.loop
-        if threading.get_ident() == self._sched.loop_thread and loop is not None and not loop.is_closed():
-            raise RuntimeError(
-                "shutdown_blocking() was called on the queue's event loop thread; use `await queue.shutdown()`"
-            )
-        with self._blocking_shutdown:
-            try:
-                if self._lifecycle == "stopped":  # idempotent; the loop it ran on may be gone
-                    return
-                if loop is None:
-                    # Never bound to a loop: only submit_blocking tasks can be
-                    # here; settle them on a loop of our own.
-                    self._background = LoopThread()
-                    self._background.start()
-                    loop = self._background.loop
-                elif loop.is_closed() or not loop.is_running():
-                    self._release_without_loop(wait)
-                    return
-                shutdown = self.shutdown(wait, cancel_pending, timeout)
-                try:
-                    asyncio.run_coroutine_threadsafe(shutdown, loop).result()
-                except RuntimeError:
-                    shutdown.close()  # the loop closed meanwhile: it never ran
-                    self._release_without_loop(wait)
-            finally:
-                # Even if the queue was shut down by other means, stop our loop.
-                if self._background is not None:
-                    self._background.stop()
-                    self._sched.unbind_thread()
-
-    def _release_without_loop(self, wait: bool) -> None:
-        # The loop ended without a shutdown: nothing runs there any more, so
-        # this thread settles what is left. Handles of coroutine callers
-        # belong to the dead loop and stay as they are; futures of
-        # submit_blocking callers are settled (cancelled).
-        self._sched.stop_accepting()
-        self._sched.stop_retrying()
-        self._cancel()
-        executor = self._runner.take_executor()
-        if executor is not None:
-            _shut(executor, wait=wait)
-        self._lifecycle = "stopped"
-        logger.debug("queue stopped after its event loop ended")
-
-    def request_shutdown(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> bool:
-        """Ask the queue to shut down, and return at once; safe in a signal handler.
-
-        Schedules ``shutdown(wait, cancel_pending, timeout)`` on the queue's
-        loop and returns True, or returns False when the queue has no loop
-        that could run it (never started, or its loop is closed). It takes
-        no lock and never blocks, so a handler of SIGINT or SIGTERM may call
-        it whatever the interrupted thread was doing; submits are refused
-        from the moment the shutdown begins on the loop. Then wait for the
-        end with ``shutdown_blocking()`` (it waits for the same shutdown) or
-        ``await shutdown()``. Any thread, signal handlers included.
-        """
-        timeout = check_timeout("timeout", timeout)
-        loop = self._sched.loop
-        if loop is None or self._sched.forked:
-            return False
-        try:
-            # No lock taken here: call_soon_threadsafe appends to the loop's
-            # queue of callbacks and writes a byte to wake it.
-            loop.call_soon_threadsafe(self._begin_requested_shutdown, wait, cancel_pending, timeout)
-        except RuntimeError:  # the loop is closed
-            return False
-        return True
-
-    def _begin_requested_shutdown(self, wait: bool, cancel_pending: bool, timeout: float | None) -> None:
-        # Loop thread. Kept until done: a task nobody references may vanish.
-        task = asyncio.ensure_future(self.shutdown(wait, cancel_pending, timeout))
-        self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
-
-    def __del__(self) -> None:
-        # Like an unclosed event loop: let go of the threads the queue owns,
-        # then warn (last: under -W error the warning raises). No lock is
-        # taken here, not even a pool's: a collection can run this on a
-        # thread that holds one.
-        if getattr(self, "_lifecycle", "new") == "new" or self._sched.forked:
-            return
-        background = self._background
-        running = self._lifecycle == "running"
-        executor = self._runner.abandon_executor() if running else None
-        loop = background.loop if background is not None else self._sched.loop
-        if isinstance(executor, WorkerPool):
-            executor.abandon()  # lock-free: its threads end after what is queued
-            executor = None
-        try:
-            if loop is None or loop.is_closed():
-                raise RuntimeError("loop closed")
-            if executor is not None:
-                loop.call_soon_threadsafe(_shut, executor, False)
-            if background is not None:
-                loop.call_soon_threadsafe(loop.stop)  # the loop thread cleans up and ends
-        except RuntimeError:
-            if executor is not None:  # another kind of pool: shut down from a thread of its own
-                threading.Thread(target=_shut, args=(executor, False), name="hybrid_queue-join", daemon=True).start()
-        if running:
-            warnings.warn(
-                f"unclosed HybridQueue with {self._sched.workers} workers was dropped while running; "
-                "call shutdown() or shutdown_blocking(), or use `async with` / `with`",
-                ResourceWarning,
-                source=self,
-                stacklevel=2,
-            )
-
-    def __enter__(self) -> HybridQueue:
-        self.start_background()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.shutdown_blocking(wait=True, cancel_pending=exc_type is not None)
-
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sched.bind(loop)
 
     # ---------------------------------------------------------------- submitting
 
@@ -746,7 +444,8 @@ class HybridQueue:
         use ``await submit()``); it may be called before the queue starts.
         """
         running = asyncio.events._get_running_loop()
-        if running is not None and (self._sched.loop is None or running is self._sched.loop):
+        bound = self._sched.at_loop.loop
+        if running is not None and (bound is None or running is bound):
             raise RuntimeError(
                 "submit_blocking() was called on the queue's event loop thread, where blocking "
                 "would deadlock; use `await queue.submit(...)` there"
@@ -841,6 +540,16 @@ class HybridQueue:
         handle._queue_ref = self
         return handle
 
+    def _clock_view(self) -> tuple[int | None, bool]:
+        """For ``hybrid_queue.testing.FakeClock``: the loop's thread, and whether the queue is quiet.
+
+        Quiet: nothing runs or waits to run and every retry and expiry waits
+        on an armed timer (see ``Scheduler.quiet``); a queue that does not
+        run tasks (not started, or stopped) is quiet. Any thread.
+        """
+        sched = self._sched
+        return sched.loop_thread, not sched.life.claims or sched.quiet()
+
     # ------------------------------------------------------------------ results
 
     async def get_result(self, task_id: TaskId, timeout: float | None = None) -> TaskResult[Any]:
@@ -925,35 +634,8 @@ class HybridQueue:
             raise ValueError(f"{listener!r} is not a listener of this queue; add_listener() it first")
 
 
-def _refuse_reentry(method: str, scheduler_lock: threading.Lock) -> None:
-    # A signal handler runs on top of the frames it interrupted: if one of
-    # them is the scheduler's, this thread may hold its lock, and blocking
-    # until the shutdown takes it would never end.
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_globals is _SCHEDULER_GLOBALS:
-            # Inside the scheduler, perhaps holding its lock: the lock says
-            # not who holds it, but the scheduler holds it only for short
-            # bookkeeping, so one that cannot be taken within a while is
-            # this thread's own.
-            if scheduler_lock.acquire(timeout=_REENTRY_PROBE):
-                scheduler_lock.release()
-                return
-            raise RuntimeError(
-                f"{method}() was called while this thread is inside the queue (a signal handler that "
-                "interrupted submit_blocking() or stats()?), where blocking would deadlock; from signal "
-                "handlers call queue.request_shutdown(), which returns at once"
-            )
-        frame = frame.f_back  # type: ignore[assignment]
-
-
 def _no_loop(method: str) -> RuntimeError:
     return RuntimeError(
         f"{method}() must be called from a coroutine on the queue's event loop; "
         "from plain threads use submit_blocking()"
     )
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

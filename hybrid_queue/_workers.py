@@ -24,7 +24,6 @@ import asyncio
 import concurrent.futures
 import difflib
 import functools
-import inspect
 import threading
 import types
 from collections import deque
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import CallError
+from ._executors import Executors
 from ._interrupt import Interruptible
 from ._nesting import Holder, install_holder, running_slot, settle_loan
 from ._pool import WorkerPool
@@ -74,17 +74,8 @@ class Runner:
         # Whether a sync handler on a thread pool is interrupted (an exception
         # raised in its thread) when its task is cancelled or times out.
         self.interrupt_sync = interrupt_sync
-        # Exactly one of the two: the caller's executor (never replaced, never
-        # shut down here), or a factory of executors the queue owns: made by
-        # open(), replaced when one breaks, shut down by the queue.
-        self._factory = factory
-        self._executor: concurrent.futures.Executor | None = None
-        # Guards _executor against two replacements of one broken executor,
-        # and against a replacement once the queue has shut its executor.
-        self._replacing = threading.Lock()
-        self._executor_closed = False
-        if executor is not None:
-            self._use(executor)
+        # The caller's executor, or the queue's own (see _executors).
+        self.executors = Executors(executor, factory)
         # Loop thread only: parked workers (each waits on its future for a
         # claimed task, or None to exit), every worker task alive, and claims
         # that found no parked worker. Those wait in _ready for a worker that
@@ -103,44 +94,10 @@ class Runner:
         self._local = threading.local()
         scheduler.launch = self.launch
 
-    def _use(self, executor: concurrent.futures.Executor) -> None:
-        # One attribute, written whole: readers on other threads take the
-        # executor once and derive everything from that one object.
-        self._executor = executor
-
     @property
     def executor(self) -> concurrent.futures.Executor | None:
-        """The executor sync handlers go to now (None before open() of an owned one)."""
-        return self._executor
-
-    def open(self) -> None:
-        """Make the owned executor, if the queue owns one and has none yet. Before the first claim."""
-        if self._factory is not None and self._executor is None:
-            self._use(_made(self._factory))
-
-    def _replace(self, broken: concurrent.futures.Executor) -> concurrent.futures.Executor | None:
-        # Any thread. An owned executor that broke is shut down and replaced,
-        # once however many of its futures report the breakage. Returns the
-        # executor to use now, or None when it is the caller's (not replaced).
-        if self._factory is None:
-            return None
-        with self._replacing:
-            if self._executor_closed:
-                return None  # the queue is shutting down: nothing to replace it for
-            if self._executor is broken:
-                self._use(_made(self._factory))
-                _shut(broken, wait=False)
-            return self._executor
-
-    def abandon_executor(self) -> concurrent.futures.Executor | None:
-        """As take_executor, taking no lock: for a finalizer, which may run where the lock is held."""
-        self._executor_closed = True
-        return self._executor if self._factory is not None else None
-
-    def take_executor(self) -> concurrent.futures.Executor | None:
-        """The owned executor, for the queue to shut down; from now on none is made or replaced."""
-        with self._replacing:
-            return self.abandon_executor()
+        """The executor sync handlers go to now (None before the owned one is made)."""
+        return self.executors.current
 
     # ------------------------------------------------------------------ starting
 
@@ -166,14 +123,14 @@ class Runner:
     def _start_one(self, task: Record, attempt: int) -> tuple[Record, int] | None:
         # Returns the next claim when this task could not start: its slot moves on.
         if task._is_coro:
-            if self._sched.on_loop(self._start_coro, task, attempt):
+            if self._sched.at_loop.now_or_soon(self._start_coro, task, attempt):
                 return None
             error = RuntimeError(
                 f"task {task._id!r} could not start: the queue's event loop is closed (it ended without shutdown())"
             )
             return self._sched.finish(task, attempt, False, None, error, retry=False)
-        executor = self._executor
-        assert executor is not None, "Runner.open() was not called before the first claim"
+        executor = self.executors.current
+        assert executor is not None, "Executors.open() was not called before the first claim"
         # Thread pools run a chain of sync tasks in one submitted call; other
         # executors get a RemoteCall, which may have to be pickled.
         inline = isinstance(executor, _THREAD_POOLS)
@@ -193,7 +150,7 @@ class Runner:
             except concurrent.futures.BrokenExecutor:
                 # Broke since the last task; an owned one is replaced and
                 # this task goes to the new one. The caller's stays broken.
-                replacement = self._replace(executor)
+                replacement = self.executors.replace(executor)
                 if replacement is None:
                     raise
                 executor = replacement
@@ -203,7 +160,7 @@ class Runner:
             error.__cause__ = exc
             return self._sched.finish(task, attempt, False, None, error, retry=False)
         if task._timeout is not None:
-            self._sched.on_loop(self._sched.arm_timeout, task, attempt, self._timed_out)
+            self._sched.at_loop.now_or_soon(self._sched.arm_timeout, task, attempt, self._timed_out)
         if inline:
             future.add_done_callback(functools.partial(self._chain_done, box, executor))
         else:
@@ -230,11 +187,11 @@ class Runner:
             why = f"broke before running it ({chain.exception()!r})"
             advice = (
                 "the queue replaces its own pool"
-                if self._factory is not None
+                if self.executors.owned
                 else "a pool you passed in stays broken: replace it, or pass a function that makes pools"
             )
-            if self._factory is not None:  # the queue's own pool: the loop replaces it
-                self._sched.post(self._replace, executor)
+            if self.executors.owned:  # the queue's own pool: the loop replaces it
+                self._sched.at_loop.soon(self.executors.replace, executor)
         else:  # failed without running it: cannot happen to a ThreadPoolExecutor
             why, advice = f"failed the call ({chain.exception()!r})", "report this as a bug"
         error = RuntimeError(f"the executor {why}: task {task._id!r} failed; {advice}")
@@ -250,8 +207,7 @@ class Runner:
         if task._is_coro:
             self._sched.interrupt(task, attempt)
             # Queued behind the worker's wake-up, which cancel() queued first.
-            assert self._sched.loop is not None
-            self._sched.loop.call_soon(self._abandon_late, task, attempt)
+            self._sched.at_loop.soon(self._abandon_late, task, attempt)
         else:
             self._abandon_late(task, attempt)
             # Then stop the call where that can be done: on an executor of
@@ -282,7 +238,7 @@ class Runner:
         while claim is not None and not claim[0]._is_coro:
             claim = sched.finish(claim[0], claim[1], *_call_sync(claim, interruptible, current))
             if claim is not None and not claim[0]._is_coro and claim[0]._timeout is not None:
-                sched.on_loop(sched.arm_timeout, claim[0], claim[1], self._timed_out)
+                sched.at_loop.now_or_soon(sched.arm_timeout, claim[0], claim[1], self._timed_out)
         if claim is not None:
             self._start(*claim)  # a coroutine task: its slot goes to the loop
             claim = None
@@ -325,8 +281,8 @@ class Runner:
             retry = False
             error = executor_failure(task, failure)
             error.__cause__ = failure
-            if isinstance(failure, concurrent.futures.BrokenExecutor) and self._factory is not None:
-                self._sched.post(self._replace, executor)
+            if isinstance(failure, concurrent.futures.BrokenExecutor) and self.executors.owned:
+                self._sched.at_loop.soon(self.executors.replace, executor)
         self._sched.finish(task, attempt, ok, value, error, retry=retry, hand_over=False)
 
     # -------------------------------------------------------- coroutine handlers
@@ -343,8 +299,7 @@ class Runner:
         self._ready.append((task, attempt))
         if not self._spawn_posted:
             self._spawn_posted = True
-            assert self._sched.loop is not None
-            self._sched.loop.call_soon(self._spawn)
+            self._sched.at_loop.soon(self._spawn)
 
     def _spawn(self) -> None:
         # Loop thread, queued behind the steps of every worker that was
@@ -357,14 +312,12 @@ class Runner:
         if not ready:
             self._spawn_burst = 1
             return
-        loop = self._sched.loop
-        assert loop is not None
         for _ in range(min(self._spawn_burst, len(ready))):
             self._make_worker(ready.popleft())
         if ready:
             self._spawn_burst *= 2
             self._spawn_posted = True
-            loop.call_soon(self._spawn)
+            self._sched.at_loop.soon(self._spawn)
         else:
             self._spawn_burst = 1
 
@@ -597,22 +550,3 @@ def _programming_error(
     )
     final.__cause__ = error
     return final
-
-
-def _made(factory: Callable[[], concurrent.futures.Executor]) -> concurrent.futures.Executor:
-    executor = factory()
-    if not isinstance(executor, concurrent.futures.Executor):
-        raise TypeError(
-            f"the executor factory {factory!r} returned {executor!r}, not a concurrent.futures.Executor; "
-            "executor= takes an Executor, or a function of no arguments that returns a new one"
-        )
-    return executor
-
-
-def _shut(executor: concurrent.futures.Executor, wait: bool) -> None:
-    """Shut down an owned executor; cancel what it has not started unless waiting for it."""
-    parameters = inspect.signature(executor.shutdown).parameters
-    if "cancel_futures" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        executor.shutdown(wait=wait, cancel_futures=not wait)
-    else:  # an executor older than cancel_futures (Dask's ClientExecutor)
-        executor.shutdown(wait=wait)

@@ -141,7 +141,7 @@ class FakeClock:
             queues = list(self._queues)
         here = threading.get_ident()
         for queue in queues:
-            thread = queue._sched.loop_thread
+            thread, _ = queue._clock_view()
             if thread is not None and thread != here:
                 raise RuntimeError(
                     "FakeClock.advance() and sleep() must run on the event loop thread of the queues using "
@@ -183,9 +183,4 @@ class FakeClock:
     def _quiet(self) -> bool:
         with self._lock:
             queues = list(self._queues)
-        for queue in queues:
-            if queue._lifecycle not in ("running", "stopping"):  # not started or stopped: runs nothing
-                continue
-            if not queue._sched.quiet():
-                return False
-        return True
+        return all(queue._clock_view()[1] for queue in queues)

@@ -3,6 +3,12 @@
 Every async test runs twice, on the default asyncio loop and on uvloop (ids
 ``[asyncio]`` and ``[uvloop]``). Tests that make their own loops in threads
 (``asyncio.run``, ``new_event_loop``) get the default loop there, as before.
+
+Tests are grouped by concept, one file each; the kind of a test (faults,
+races, lifecycle, ...) is a marker registered in pyproject.toml. With
+HQ_FIGURES set, the pytest session also counts the outcomes of each
+marker's tests for the reliability report. Helpers that more than one file
+uses are in ``_helpers.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ import pytest
 import uvloop
 
 from hybrid_queue import HybridQueue
+
+# _helpers holds assertions that several test files share: rewrite them as
+# pytest rewrites the tests' own, so that a failure shows the values.
+pytest.register_assert_rewrite("_helpers")
 
 # The loops every async test runs on. A test that needs one loop's internals
 # narrows the list with ``@pytest.mark.asyncio(loop_factories=["asyncio"])``.
@@ -123,8 +133,52 @@ def _is_queue_callback(handle: asyncio.TimerHandle) -> bool:
     return type(owner).__module__.startswith("hybrid_queue")
 
 
+# Outcome of each test that ran ("passed", "failed" or "skipped"), and the
+# markers registered in pyproject.toml that it carries. A failure in any
+# phase (setup, call, teardown) fails the test; a skip in setup or call
+# skips it; otherwise it passed when its call did.
+_OUTCOMES: dict[str, str] = {}
+_MARKERS: dict[str, list[str]] = {}
+
+
+def _registered_markers(config: pytest.Config) -> set[str]:
+    return {line.split(":", 1)[0].strip() for line in config.getini("markers")}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    registered = _registered_markers(config)
+    for item in items:
+        _MARKERS[item.nodeid] = sorted({mark.name for mark in item.iter_markers()} & registered)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed:
+        _OUTCOMES[report.nodeid] = "failed"
+    elif report.nodeid in _OUTCOMES:
+        return
+    elif report.skipped:
+        _OUTCOMES[report.nodeid] = "skipped"
+    elif report.when == "call":
+        _OUTCOMES[report.nodeid] = "passed"
+
+
+def outcomes_by_marker() -> dict[str, dict[str, Any]]:
+    """For each registered marker, and for "all" tests: how many passed, failed and were skipped, and in which files."""
+    counts: dict[str, dict[str, Any]] = {}
+    for nodeid, outcome in _OUTCOMES.items():
+        path = nodeid.split("::", 1)[0]
+        for name in ["all", *_MARKERS.get(nodeid, [])]:
+            row = counts.setdefault(name, {"passed": 0, "failed": 0, "skipped": 0, "files": []})
+            row[outcome] += 1
+            if path not in row["files"]:
+                row["files"].append(path)
+    return counts
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With HQ_FIGURES=path set, write the figures and the outcomes by marker there as JSON."""
     path = os.environ.get("HQ_FIGURES")
     if path:
+        report = {"figures": _FIGURES.totals, "markers": outcomes_by_marker()}
         with open(path, "w", encoding="utf-8") as out:
-            json.dump(_FIGURES.totals, out, indent=2, sort_keys=True)
+            json.dump(report, out, indent=2, sort_keys=True)

@@ -28,6 +28,8 @@ from hybrid_queue import (
     UnknownTaskError,
 )
 
+pytestmark = pytest.mark.bad_input
+
 
 class OwnHash:
     """An id type whose hashing is user code: it could call back into the queue under its lock."""

@@ -1,9 +1,20 @@
-"""Events: every state change reaches listeners, in order, on the loop thread."""
+"""Events and logging: every state change reaches listeners, in order, on the loop thread; logs stay quiet.
+
+- Listeners see submit, start, retry, completion, failure, cancel and expiry,
+  on the loop thread even for work from threads, and the events from before
+  the loop ran once it does. A failing listener is logged and breaks nothing;
+  a listener removed while listeners are called is not called again.
+- Logging: quiet for routine work, retries at INFO, one WARNING per failed
+  task, lifecycle at DEBUG, and nothing printed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -204,7 +215,7 @@ async def test_remove_listener_and_bad_listeners(make_queue):
 async def test_no_listener_means_no_events_are_kept(make_queue):
     q = await make_queue(1)
     await asyncio.gather(*[await q.submit(abs, -i) for i in range(100)])
-    assert q._sched._events == []
+    assert q._sched._listeners.pending == []
 
 
 async def test_a_bound_method_listener_is_removed_by_a_fresh_bound_method(make_queue):
@@ -215,3 +226,105 @@ async def test_a_bound_method_listener_is_removed_by_a_fresh_bound_method(make_q
     await (await q.submit(abs, -1))
     await q.shutdown()
     assert seen.events == []
+
+
+@pytest.mark.hardening
+async def test_a_one_shot_listener_that_removes_itself_is_called_exactly_once(make_queue):
+    q = await make_queue(1)
+    calls: list[TaskEvent] = []
+
+    def once(event: TaskEvent) -> None:
+        calls.append(event)
+        q.remove_listener(once)
+
+    q.add_listener(once)
+    # Many events in one batch: SUBMITTED and STARTED of several tasks at least.
+    handles = [await q.submit(abs, -i) for i in range(5)]
+    await asyncio.gather(*handles)
+    await q.shutdown()
+    assert len(calls) == 1
+
+
+@pytest.mark.hardening
+async def test_a_listener_removed_by_another_is_not_called_for_the_rest_of_the_batch(make_queue):
+    q = await make_queue(1)
+    second: list[TaskEvent] = []
+
+    def first(event: TaskEvent) -> None:
+        q.remove_listener(second.append)
+
+    q.add_listener(first)
+    q.add_listener(second.append)
+    handles = [await q.submit(abs, -i) for i in range(5)]
+    await asyncio.gather(*handles)
+    await q.shutdown()
+    assert second == []
+
+
+# --------------------------------------------------------------- logging
+
+
+async def test_routine_work_logs_nothing_at_info(make_queue, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="hybrid_queue")
+    q = await make_queue(2)
+    handles = [await q.submit(abs, -i) for i in range(20)]
+    for h in handles:
+        await h
+    await q.shutdown()
+    assert caplog.records == []
+    assert capsys.readouterr() == ("", "")
+
+
+async def test_retries_at_info_and_only_the_final_failure_at_warning(make_queue, caplog, capsys):
+    caplog.set_level(logging.DEBUG, logger="hybrid_queue")
+    clock = FakeClock()
+    q = await make_queue(1, clock=clock, retry=RetryPolicy(max_retries=2, base_delay=5.0))
+
+    async def fail():
+        raise ConnectionError("refused")
+
+    h = await q.submit(fail, task_id="job-7")
+    await clock.sleep(60)
+    with pytest.raises(ConnectionError):
+        await h
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert logged == [
+        ("INFO", "task 'job-7' attempt 1 failed with ConnectionError('refused'); retry 1 of 2 in 5.000 s"),
+        ("INFO", "task 'job-7' attempt 2 failed with ConnectionError('refused'); retry 2 of 2 in 10.000 s"),
+        ("WARNING", "task 'job-7' failed after 3 attempt(s): ConnectionError('refused')"),
+    ]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_an_unconfigured_program_prints_nothing_to_stderr():
+    # Without a handler of the library's own, logging.lastResort would print
+    # every WARNING of an unconfigured program to stderr.
+    program = textwrap.dedent(
+        """
+        from hybrid_queue import HybridQueue, RetryPolicy
+
+        def fail():
+            raise ConnectionError("refused")
+
+        with HybridQueue(2, retry=RetryPolicy(max_retries=1, base_delay=0.0)) as q:
+            futures = [q.submit_blocking(fail) for _ in range(5)]
+            for f in futures:
+                try:
+                    f.result()
+                except ConnectionError:
+                    pass
+        print("done")
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    assert (run.stdout, run.stderr) == ("done\n", "")
+
+
+async def test_lifecycle_is_logged_at_debug(make_queue, caplog):
+    caplog.set_level(logging.DEBUG, logger="hybrid_queue")
+    q = await make_queue(3)
+    await q.shutdown()
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert debug[0] == "queue started with 3 workers"
+    assert debug[-1] == "queue stopped"
+    assert all(r.levelno == logging.DEBUG for r in caplog.records)

@@ -41,6 +41,8 @@ from hypothesis.stateful import (
 
 from hybrid_queue import HybridQueue, QueueShutDown, RetryPolicy, TaskFuture, TaskResult, TaskStatus
 
+pytestmark = pytest.mark.model
+
 # How long any wait may take before the test calls it a hang. Never a
 # measurement: a correct queue finishes each wait in milliseconds.
 BOUND = 10.0

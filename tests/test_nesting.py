@@ -1,11 +1,13 @@
-"""Handlers that wait for tasks of their own queue: never a deadlock, and never more than ``workers`` at work.
+"""Child tasks: a handler waiting for tasks of its own queue never deadlocks, and at most ``workers`` work.
 
 A handler that waits for a task of its queue (``await handle``,
 ``asyncio.gather``, ``asyncio.wait``, or ``future.result()`` in a sync
 handler) lends its worker slot while it waits, and takes one back before it
 goes on. The rule checked throughout: at most ``workers`` handlers are at
 work (between their waits) at any moment, and when everything has ended
-every slot is free again.
+every slot is free again. Handlers may submit tasks from the loop or from
+their threads, and a handler that awaits its own handle is ended by its
+timeout or by a cancel.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 from typing import Any
 
 import pytest
+from _helpers import NO_RETRY, SAFETY, assert_nothing_lost, shut_down
 from conftest import wait_until
 
 from hybrid_queue import HybridQueue, TaskStatus
@@ -53,6 +56,7 @@ async def settled(q: HybridQueue) -> None:
 # ------------------------------------------------------------ coroutine handlers
 
 
+@pytest.mark.nesting
 async def test_four_handlers_awaiting_their_children_on_two_workers_all_finish(make_queue):
     q = await make_queue(workers=2)
 
@@ -68,6 +72,7 @@ async def test_four_handlers_awaiting_their_children_on_two_workers_all_finish(m
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_a_chain_100_deep_runs_on_one_worker(make_queue):
     q = await make_queue(workers=1)
     at_work = AtWork()
@@ -91,6 +96,7 @@ async def test_a_chain_100_deep_runs_on_one_worker(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_a_fan_out_of_1000_children_gathered_by_one_handler(make_queue):
     q = await make_queue(workers=2)
     at_work = AtWork()
@@ -117,6 +123,7 @@ async def test_a_fan_out_of_1000_children_gathered_by_one_handler(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_children_from_submit_many_and_submit_nowait_lend_too(make_queue):
     q = await make_queue(workers=1)
 
@@ -132,6 +139,7 @@ async def test_children_from_submit_many_and_submit_nowait_lend_too(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_a_handle_submitted_outside_every_handler_lends_nothing(make_queue):
     # Awaited by a handler, it is not that handler's child: the handler
     # keeps its slot (as it would for any future), and the task waits for it.
@@ -155,6 +163,7 @@ async def test_a_handle_submitted_outside_every_handler_lends_nothing(make_queue
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_a_task_group_of_waits_lends_the_slot(make_queue):
     # Each wait runs in a task of its own, made by the handler: its context
     # is the handler's, so it lends the handler's slot.
@@ -176,6 +185,7 @@ async def test_a_task_group_of_waits_lends_the_slot(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_at_most_workers_handlers_at_work_in_a_random_tree(make_queue):
     # Every handler is at work between its waits; waits nest three deep
     # with fan-outs of 0 to 4, on 3 workers.
@@ -201,6 +211,7 @@ async def test_at_most_workers_handlers_at_work_in_a_random_tree(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_a_child_of_the_other_kind_runs_in_the_lent_slot(make_queue):
     q = await make_queue(workers=1)
 
@@ -221,6 +232,7 @@ async def test_a_child_of_the_other_kind_runs_in_the_lent_slot(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_wait_first_completed_returns_and_the_slot_comes_back(make_queue):
     # asyncio.wait removes its callback from the children not done: the
     # handler is running again, and takes back the first slot free.
@@ -250,6 +262,7 @@ async def test_wait_first_completed_returns_and_the_slot_comes_back(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_a_parent_cancelled_while_it_waits_gets_its_slot_back_and_ends(make_queue):
     q = await make_queue(workers=1)
     started = asyncio.Event()
@@ -271,6 +284,7 @@ async def test_a_parent_cancelled_while_it_waits_gets_its_slot_back_and_ends(mak
     assert q.stats().cancelled == 2
 
 
+@pytest.mark.nesting
 async def test_a_parent_that_times_out_while_it_waits_ends_and_its_child_runs_on(make_queue):
     q = await make_queue(workers=1)
     release = asyncio.Event()
@@ -293,6 +307,7 @@ async def test_a_parent_that_times_out_while_it_waits_ends_and_its_child_runs_on
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_a_handler_that_ends_while_a_task_it_made_still_waits(make_queue):
     # The handler returns while a task it started still waits for a child:
     # the attempt is reported without the lent slot, which is passed on.
@@ -316,6 +331,7 @@ async def test_a_handler_that_ends_while_a_task_it_made_still_waits(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_gather_that_raises_the_first_failure_leaves_the_slots_whole(make_queue):
     q = await make_queue(workers=2)
     release = asyncio.Event()
@@ -338,6 +354,7 @@ async def test_gather_that_raises_the_first_failure_leaves_the_slots_whole(make_
     assert q.stats().completed == 1 and q.stats().failed == 2, q.stats()
 
 
+@pytest.mark.nesting
 async def test_awaiting_a_task_of_another_queue_lends_nothing(make_queue):
     first = await make_queue(workers=1)
     other = await make_queue(workers=1)
@@ -359,6 +376,7 @@ async def test_awaiting_a_task_of_another_queue_lends_nothing(make_queue):
 # ------------------------------------------------------------------ sync handlers
 
 
+@pytest.mark.nesting
 async def test_a_sync_chain_100_deep_runs_on_one_worker(make_queue):
     q = await make_queue(workers=1)
     at_work = AtWork()
@@ -377,6 +395,7 @@ async def test_a_sync_chain_100_deep_runs_on_one_worker(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_a_sync_fan_out_of_1000_children(make_queue):
     q = await make_queue(workers=2)
     at_work = AtWork()
@@ -395,6 +414,7 @@ async def test_a_sync_fan_out_of_1000_children(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_sync_parents_on_two_workers_waiting_with_exception(make_queue):
     q = await make_queue(workers=2)
 
@@ -412,6 +432,7 @@ async def test_sync_parents_on_two_workers_waiting_with_exception(make_queue):
     await settled(q)
 
 
+@pytest.mark.nesting
 async def test_a_sync_parent_whose_wait_times_out_waits_for_a_slot_before_it_goes_on(make_queue):
     # Its child holds the one slot: the parent, done waiting, cannot go on
     # until the child ends and the slot comes back to it.
@@ -438,6 +459,7 @@ async def test_a_sync_parent_whose_wait_times_out_waits_for_a_slot_before_it_goe
     assert q.stats().completed == 2
 
 
+@pytest.mark.nesting
 def test_a_future_waited_for_outside_any_handler_lends_nothing():
     q = HybridQueue(workers=1)
     q.start_background()
@@ -450,6 +472,7 @@ def test_a_future_waited_for_outside_any_handler_lends_nothing():
         q.shutdown_blocking()
 
 
+@pytest.mark.nesting
 async def test_the_queues_own_pool_grows_only_by_the_threads_that_wait(make_queue):
     q = await make_queue(workers=1)
 
@@ -462,3 +485,151 @@ async def test_the_queues_own_pool_grows_only_by_the_threads_that_wait(make_queu
     assert len(pool._threads) == 6  # type: ignore[union-attr]
     assert pool._max_workers == 1  # type: ignore[union-attr]
     await settled(q)
+
+
+# ------------------------------------------------------ handlers that submit tasks
+@pytest.mark.faults
+async def test_coroutine_handler_submits_more_tasks(make_queue):
+    """A coroutine handler that submits children with ``await q.submit`` (and awaits some).
+
+    Submitting from inside a handler is ordinary use: children of both
+    kinds run on the other worker, the parent gets their values, children
+    nobody awaits complete too, and every submission is counted once.
+    """
+    q = await make_queue(2)
+    unawaited = []
+
+    async def child(i):
+        await asyncio.sleep(0)
+        return i
+
+    def sync_child(i):
+        return 10 * i
+
+    async def parent(n):
+        kids = [await q.submit(child, i) for i in range(n)] + [await q.submit(sync_child, i) for i in range(n)]
+        unawaited.extend([await q.submit(child, -1), await q.submit(sync_child, -1)])
+        return sum(await asyncio.gather(*kids))
+
+    h = await q.submit(parent, 5)
+    async with asyncio.timeout(5):
+        assert await h == sum(range(5)) * 11
+        assert await asyncio.gather(*unawaited) == [-1, -10]
+    s = q.stats()
+    assert (s.submitted, s.completed) == (13, 13)
+    assert_nothing_lost(q, [h, *unawaited])
+    await shut_down(q)
+
+
+@pytest.mark.faults
+async def test_sync_handler_submits_more_tasks(make_queue):
+    """A sync handler that submits children with ``q.submit_blocking`` and waits on their futures.
+
+    From a pool thread, ``submit_blocking`` is the right call; with a free
+    worker for the children, the parent gets their values. Coroutine
+    children are carried over to the loop; all are counted once.
+    """
+    q = await make_queue(2)
+
+    async def coro_child(i):
+        return i
+
+    def sync_child(i):
+        return 10 * i
+
+    def parent(n):
+        futures = [q.submit_blocking(coro_child, i) for i in range(n)]
+        futures += [q.submit_blocking(sync_child, i) for i in range(n)]
+        return sum(f.result(timeout=SAFETY) for f in futures)
+
+    h = await q.submit(parent, 5)
+    async with asyncio.timeout(5):
+        assert await h == sum(range(5)) * 11
+    s = q.stats()
+    assert (s.submitted, s.completed) == (11, 11)
+    assert_nothing_lost(q, [h])
+    await shut_down(q)
+
+
+@pytest.mark.faults
+async def test_sync_handler_waiting_for_a_task_it_submitted_with_one_worker(make_queue):
+    """A sync handler calling ``q.submit_blocking(...).result()`` with ``workers=1`` does not deadlock.
+
+    The parent lends its slot while it waits, so the child runs in it; the
+    parent takes a slot back before it goes on (the tests above state the
+    rule in full).
+    """
+    q = await make_queue(1, retry=NO_RETRY)
+    children: list[concurrent.futures.Future[Any]] = []
+
+    def parent():
+        child = q.submit_blocking(abs, -6)
+        children.append(child)
+        return child.result(timeout=SAFETY)
+
+    h = await q.submit(parent)
+    async with asyncio.timeout(5):
+        assert await h == 6
+    (child,) = children
+    assert child.result() == 6
+    await wait_until(lambda: q.stats().busy_workers == 0)
+    assert_nothing_lost(q, [h, child])
+
+
+@pytest.mark.faults
+async def test_coroutine_handler_awaiting_its_own_handle_times_out(make_queue):
+    """A coroutine handler that awaits its own handle, with ``timeout=``.
+
+    It cannot finish before it finishes, so it waits until its deadline,
+    and that attempt fails with TimeoutError like any other: the task ends
+    FAILED, not CANCELLED (nobody cancelled it), and the worker goes on.
+    """
+    q = await make_queue(1, retry=NO_RETRY)
+    own: dict[str, asyncio.Future[Any]] = {}
+
+    async def waits_on_itself():
+        return await own["handle"]
+
+    # submit() does not yield to the loop, so the handle is in place before the handler runs.
+    h = own["handle"] = await q.submit(waits_on_itself, timeout=0.05)
+    nxt = await q.submit(abs, -4)
+    async with asyncio.timeout(5):
+        await asyncio.wait({h})
+        assert await nxt == 4
+    r = await q.get_result(h.task_id)
+    assert (r.status, type(r.error)) == (TaskStatus.FAILED, TimeoutError), r
+    assert not h.cancelled() and isinstance(h.exception(), TimeoutError)
+    await wait_until(lambda: q.stats().busy_workers == 0)
+    assert_nothing_lost(q, [h, nxt])
+    await shut_down(q)
+
+
+@pytest.mark.faults
+async def test_coroutine_handler_awaiting_its_own_handle_ends_by_cancel_task(make_queue):
+    """A coroutine handler that awaits its own handle, without a timeout.
+
+    It would wait for ever; ``cancel_task`` ends it like any running
+    coroutine: CANCELLED, the handler interrupted, the worker free for the
+    next task. (It submitted nothing, so its wait lends no slot: see
+    test_a_handle_submitted_outside_every_handler_lends_nothing.)
+    """
+    q = await make_queue(1)
+    own: dict[str, asyncio.Future[Any]] = {}
+    started = asyncio.Event()
+
+    async def waits_on_itself():
+        started.set()
+        return await own["handle"]
+
+    h = own["handle"] = await q.submit(waits_on_itself)
+    nxt = await q.submit(abs, -5)
+    await started.wait()
+    await asyncio.sleep(0.01)
+    assert not h.done() and not nxt.done()
+    assert q.cancel_task(h.task_id)
+    async with asyncio.timeout(5):
+        assert await nxt == 5
+    assert h.cancelled() and q.status(h.task_id) is TaskStatus.CANCELLED
+    await wait_until(lambda: q.stats().busy_workers == 0)
+    assert_nothing_lost(q, [h, nxt])
+    await shut_down(q)

@@ -1,3 +1,5 @@
+"""Smoke: the queue runs a coroutine and a sync handler, from async code and from a sync program."""
+
 from hybrid_queue import HybridQueue
 
 

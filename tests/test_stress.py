@@ -30,6 +30,8 @@ import pytest
 
 from hybrid_queue import HybridQueue, QueueStats, RetryPolicy
 
+pytestmark = pytest.mark.stress
+
 THREADS = 16
 LOOP_SUBMITTERS = 4
 WORKERS = 8

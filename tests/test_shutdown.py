@@ -1,8 +1,13 @@
-"""Lifecycle: how a queue shuts down, from every place a program may end it.
+"""Shutdown: how a queue ends, from every place a program may end it.
 
+- ``shutdown()`` drains by default; ``cancel_pending`` resolves every future;
+  ``timeout`` drains then cancels the rest; ``wait=False`` cancels everything.
+  Starting and shutting down are idempotent.
 - A shutdown that cancels pending work starts no new attempt: a running task
-  that fails meanwhile ends FAILED after one attempt.
-- ``shutdown_blocking`` from many threads at once returns in each of them.
+  that fails meanwhile ends FAILED after one attempt. Handlers that swallow
+  the cancellation or never return do not hold it up past its timeout.
+- ``shutdown_blocking`` from many threads at once returns in each of them,
+  and wakes threads blocked on a full queue.
 - Signal handlers: ``request_shutdown`` returns at once; ``shutdown_blocking``
   from a handler that interrupted the queue with its lock held raises instead
   of deadlocking (the interruption is forced by a clock that raises the signal).
@@ -36,25 +41,164 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import (
+    FAST,
+    NO_RETRY,
+    SAFETY,
+    assert_identity,
+    assert_nothing_lost,
+    assert_stats_identity,
+    queue_tasks,
+    shut_down,
+)
+from conftest import wait_until
 
 from hybrid_queue import HybridQueue, QueueShutDown, RetryPolicy, TaskFuture, TaskStatus
+from hybrid_queue import _lock as lock_module
+from hybrid_queue._bridge import LoopBridge
 from hybrid_queue.testing import FakeClock
 
+
+async def test_start_and_shutdown_empty_queue_is_idempotent():
+    q = HybridQueue()
+    await q.start()
+    await q.start()
+    await q.shutdown()
+    await q.shutdown()
+    with pytest.raises(QueueShutDown):
+        await q.submit(abs, 1)
+
+
+async def test_shutdown_drains_by_default(make_queue):
+    q = await make_queue(2, retry=FAST)
+    attempts = 0
+
+    async def flaky(i):
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0.001)
+        if i == 0 and attempts < 3:
+            raise ValueError("retry me")
+        return i
+
+    handles = [await q.submit(flaky, i) for i in range(20)]
+    await q.shutdown()
+    assert all(h.done() and not h.cancelled() for h in handles)
+    assert [h.result() for h in handles] == list(range(20))
+
+
+async def test_shutdown_cancel_pending_resolves_every_future():
+    q = HybridQueue(2)
+    await q.start()
+    gate = asyncio.Event()
+
+    async def gated():
+        await gate.wait()
+        return "ran"
+
+    handles = [await q.submit(gated) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    shutting = asyncio.create_task(q.shutdown(cancel_pending=True))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await shutting
+    assert all(h.done() for h in handles)
+    assert sum(not h.cancelled() for h in handles) == 2
+    s = q.stats()
+    assert (s.completed, s.cancelled) == (2, 8)
+    assert_stats_identity(s)
+
+
+async def test_shutdown_timeout_drains_then_cancels_the_rest(caplog):
+    q = HybridQueue(1)
+    await q.start()
+
+    async def quick():
+        return 1
+
+    async def forever():
+        await asyncio.Event().wait()
+
+    first = await q.submit(quick)
+    stuck = await q.submit(forever)
+    never = await q.submit(quick)
+    await q.shutdown(timeout=0.05)
+    assert first.result() == 1
+    assert stuck.cancelled() and never.cancelled()
+    assert_stats_identity(q.stats())
+    # The cancelled handler unwound at once; shutdown did not wait out its grace.
+    assert not [r for r in caplog.records if "abandoned" in r.getMessage()]
+
+
+async def test_shutdown_without_wait_cancels_everything(caplog):
+    q = HybridQueue(1)
+    await q.start()
+    started = asyncio.Event()
+
+    async def forever():
+        started.set()
+        await asyncio.Event().wait()
+
+    a = await q.submit(forever)
+    b = await q.submit(forever)
+    await started.wait()
+    await q.shutdown(wait=False)
+    assert a.cancelled() and b.cancelled()
+    assert not [r for r in caplog.records if "abandoned" in r.getMessage()]
+
+
+async def test_shutdown_cancels_internal_tasks_and_owned_executor():
+    q = HybridQueue(3, retry=RetryPolicy(max_retries=2, base_delay=30))
+
+    async def fail():
+        raise ValueError("retry later")
+
+    await q.start()
+    await q.submit(fail)
+    handles = [await q.submit(asyncio.sleep, 0) for _ in range(5)]
+    await asyncio.gather(*handles)
+    await q.shutdown(cancel_pending=True)
+    assert q._executor._shutdown
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("hybrid_queue")]
+    assert_stats_identity(q.stats())
+    assert q.stats().cancelled == 1
+
+
+def test_submit_blocking_before_start_then_shutdown_without_start_cancels():
+    q = HybridQueue(1)
+    f = q.submit_blocking(abs, -1)
+    q.shutdown_blocking()
+    assert f.cancelled()
+    assert_stats_identity(q.stats())
+
+
+def test_shutdown_wakes_threads_blocked_on_a_full_queue():
+    q = HybridQueue(1, max_queue_size=1)
+    q.submit_blocking(abs, 1)
+    errors = []
+
+    def blocked():
+        try:
+            q.submit_blocking(abs, 2)
+        except QueueShutDown as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    t.join(0.05)
+    q.shutdown_blocking()
+    t.join(10)
+    assert len(errors) == 1
+
+
+@pytest.mark.races
+def test_shutdown_blocking_twice_is_a_no_op():
+    with HybridQueue(1) as q:
+        assert q.submit_blocking(abs, -1).result(5) == 1
+    q.shutdown_blocking()  # the context manager already did; the loop is gone
+
+
 BOUND = 10.0  # seconds a wait may take before the test fails: reached only when something is broken
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def noop() -> None:
-    pass
-
-
-def run_python(program: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``program`` in a fresh interpreter that imports hybrid_queue from this tree."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return subprocess.run(
-        [sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def _set_once(future: asyncio.Future[None]) -> None:
@@ -99,8 +243,6 @@ class FailsWhenReleased:
         raise ValueError("attempt failed")
 
 
-# ------------------------------------------------ shutdown starts no new attempt
-
 # A retry waits on a FakeClock that no test moves: a shutdown that waited for
 # one would never end, so returning within BOUND shows that none was armed.
 STILL_CLOCK_RETRY = RetryPolicy(base_delay=1.0)
@@ -112,6 +254,11 @@ def _assert_failed_once(q: HybridQueue, handler: FailsWhenReleased) -> None:
     assert (stats.failed, stats.retries, stats.retrying) == (1, 0, 0)
 
 
+def noop() -> None:
+    pass
+
+
+@pytest.mark.lifecycle
 @pytest.mark.parametrize("kind", ["coroutine", "sync"])
 async def test_shutdown_cancelling_pending_starts_no_new_attempt(make_queue: Any, kind: str) -> None:
     q = await make_queue(workers=1, retry=STILL_CLOCK_RETRY, clock=FakeClock())
@@ -132,6 +279,7 @@ async def test_shutdown_cancelling_pending_starts_no_new_attempt(make_queue: Any
     _assert_failed_once(q, handler)
 
 
+@pytest.mark.lifecycle
 @pytest.mark.parametrize("kind", ["coroutine", "sync"])
 async def test_async_with_left_by_an_exception_starts_no_new_attempt(kind: str) -> None:
     q = HybridQueue(workers=1, retry=STILL_CLOCK_RETRY, clock=FakeClock())
@@ -162,10 +310,142 @@ async def test_async_with_left_by_an_exception_starts_no_new_attempt(kind: str) 
     _assert_failed_once(q, handler)
 
 
-# ---------------------------------------------- shutdown_blocking from threads
+@pytest.mark.faults
+@pytest.mark.parametrize("kind", ["coroutine", "sync"])
+async def test_handler_submitting_while_the_queue_drains(make_queue, kind):
+    """A handler that submits another task after ``shutdown()`` began draining.
+
+    The queue accepts nothing once shutdown began, from handlers too: the
+    submit raises QueueShutDown inside the handler, the handler's task fails
+    with it (it is an Exception, so it would be retried: no retries here),
+    and the drain finishes.
+    """
+    q = await make_queue(1, retry=NO_RETRY)
+    draining = threading.Event()
+
+    async def coro_parent():
+        await asyncio.to_thread(draining.wait, SAFETY)
+        await q.submit(abs, 1)
+
+    def sync_parent():
+        draining.wait(SAFETY)
+        q.submit_blocking(abs, 1)
+
+    h = await q.submit(coro_parent if kind == "coroutine" else sync_parent)
+    await asyncio.sleep(0.01)
+    shutting = asyncio.create_task(shut_down(q))
+    await asyncio.sleep(0.01)
+    draining.set()
+    await shutting
+    with pytest.raises(QueueShutDown):
+        h.result()
+    s = q.stats()
+    assert (s.submitted, s.failed) == (1, 1)
+    assert_nothing_lost(q, [h])
+
+
+@pytest.mark.faults
+async def test_coroutine_swallowing_cancel_at_shutdown_timeout(make_queue, caplog):
+    """A coroutine handler that catches the CancelledError sent by ``shutdown(timeout=...)``.
+
+    When the drain time is up, shutdown cancels everything left: the running
+    task ends CANCELLED (its return value discarded), the waiting one is
+    cancelled without running, and since the handler does return, its
+    worker exits at once: shutdown does not wait out the unwind grace and
+    logs no "abandoned" warning.
+    """
+    q = await make_queue(1)
+    started = asyncio.Event()
+
+    async def swallower():
+        started.set()
+        try:
+            await asyncio.sleep(SAFETY)
+        except asyncio.CancelledError:
+            pass
+        return "discarded"
+
+    h = await q.submit(swallower)
+    waiting = await q.submit(abs, -1)
+    await started.wait()
+    t0 = time.monotonic()
+    await shut_down(q, timeout=0.05)
+    assert time.monotonic() - t0 < 1.0  # nowhere near the default unwind_grace (5 s)
+    assert h.cancelled() and waiting.cancelled()
+    assert q.stats().cancelled == 2 and q.stats().busy_workers == 0
+    assert not queue_tasks()
+    assert not [r for r in caplog.records if "abandoned" in r.getMessage()]
+    assert_nothing_lost(q, [h, waiting])
+
+
+@pytest.mark.faults
+async def test_never_returning_handlers_at_shutdown_timeout(make_queue):
+    """A coroutine handler awaiting forever and a sync one blocked on an Event, at ``shutdown(timeout=...)``.
+
+    When the drain time is up both running tasks are CANCELLED and the
+    waiting ones cancelled without running; the coroutine is interrupted,
+    the thread is abandoned (its slot stays busy until it returns), and
+    shutdown returns without waiting for it: the owned pool is shut down
+    without joining it. Once the test releases the thread, the slot frees
+    and the thread exits.
+    """
+    q = await make_queue(2)
+    release = threading.Event()
+    in_thread = threading.Event()
+
+    async def forever():
+        await asyncio.Event().wait()
+
+    def blocked():
+        in_thread.set()
+        release.wait(SAFETY)
+        return "discarded"
+
+    try:
+        running = [await q.submit(forever), await q.submit(blocked)]
+        waiting = [await q.submit(forever), await q.submit(blocked), await q.submit(abs, 1)]
+        await asyncio.to_thread(in_thread.wait, 5)
+        t0 = time.monotonic()
+        await shut_down(q, timeout=0.05)
+        assert time.monotonic() - t0 < 2.0
+        assert all(f.cancelled() for f in running + waiting)
+        assert q.stats().cancelled == 5
+        assert q.stats().busy_workers == 1  # the abandoned thread
+        assert_nothing_lost(q, running + waiting)
+    finally:
+        release.set()
+    await wait_until(lambda: q.stats().busy_workers == 0)
+    assert_identity(q)
+
+
+@pytest.mark.races
+async def test_shutdown_cancelled_by_its_caller_still_completes_and_later_calls_wait_for_it():
+    q = HybridQueue(2)
+    await q.start()
+    release = asyncio.Event()
+
+    async def gated():
+        await release.wait()
+        return "done"
+
+    handles = [await q.submit(gated) for _ in range(2)]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.02):
+            await q.shutdown()
+    release.set()
+    await asyncio.wait_for(q.shutdown(), 5)
+    assert [h.result() for h in handles] == ["done", "done"]
+    assert q._executor._shutdown
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("hybrid_queue")]
+
+
+# -------------------------------------- from threads and signal handlers
+
+
+ROUNDS = 30
+
 
 THREADS = 8
-ROUNDS = 30
 
 
 def shut_down_from_threads_at_once(q: HybridQueue) -> list[BaseException]:
@@ -189,6 +469,7 @@ def shut_down_from_threads_at_once(q: HybridQueue) -> list[BaseException]:
     return errors
 
 
+@pytest.mark.lifecycle
 def test_shutdown_blocking_from_many_threads_at_once_returns_in_every_thread() -> None:
     for round_ in range(ROUNDS):
         q = HybridQueue(workers=2)
@@ -198,9 +479,7 @@ def test_shutdown_blocking_from_many_threads_at_once_returns_in_every_thread() -
         assert future.result(timeout=0) == round_ + 1
 
 
-# ------------------------------------------------------------------- signals
-
-
+@pytest.mark.lifecycle
 def test_request_shutdown_returns_at_once_and_the_queue_shuts_down() -> None:
     q = HybridQueue(workers=1)
     q.start_background()
@@ -232,6 +511,7 @@ def test_request_shutdown_returns_at_once_and_the_queue_shuts_down() -> None:
         q.shutdown_blocking(wait=False)
 
 
+@pytest.mark.lifecycle
 def test_request_shutdown_on_a_queue_never_started_returns_false() -> None:
     assert HybridQueue().request_shutdown() is False
 
@@ -282,6 +562,8 @@ ENTRY_POINTS: dict[str, Callable[[HybridQueue], object]] = {
     "status": lambda q: q.status("finished"),
     "submit_blocking": lambda q: q.submit_blocking(noop, task_id="new"),
 }
+
+
 HANDLER_CALLS: dict[str, Callable[[HybridQueue], object]] = {
     "shutdown_blocking": lambda q: q.shutdown_blocking(wait=False),
     "request_shutdown": lambda q: q.request_shutdown(cancel_pending=True),
@@ -312,10 +594,22 @@ def interrupted_queue_report(entry: str, call: str) -> list[str]:
     return report
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(program: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``program`` in a fresh interpreter that imports hybrid_queue from this tree."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def run_interrupted_queue(entry: str, call: str) -> list[str]:
     program = (
         f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-        "from test_lifecycle import interrupted_queue_report\n"
+        "from test_shutdown import interrupted_queue_report\n"
         f"print('\\n'.join(interrupted_queue_report({entry!r}, {call!r})))\n"
     )
     done = run_python(program, timeout=BOUND)
@@ -323,6 +617,14 @@ def run_interrupted_queue(entry: str, call: str) -> list[str]:
     return done.stdout.splitlines()
 
 
+@pytest.mark.lifecycle
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_request_shutdown_in_a_signal_handler_that_interrupted_the_queue_shuts_it_down(entry: str) -> None:
+    assert run_interrupted_queue(entry, "request_shutdown") == ["True", "shutdown_blocking returned", "submit refused"]
+
+
+@pytest.mark.lifecycle
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_shutdown_blocking_in_a_signal_handler_that_interrupted_the_queue_raises(entry: str) -> None:
@@ -332,15 +634,41 @@ def test_shutdown_blocking_in_a_signal_handler_that_interrupted_the_queue_raises
     assert rest == ["shutdown_blocking returned", "submit refused"]
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
-@pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_request_shutdown_in_a_signal_handler_that_interrupted_the_queue_shuts_it_down(entry: str) -> None:
-    assert run_interrupted_queue(entry, "request_shutdown") == ["True", "shutdown_blocking returned", "submit refused"]
+# ----------------- loops that end, queues that are dropped, forks, exits
 
 
-# ------------------------------------------------------ queues left unclosed
+@pytest.mark.races
+def test_queue_whose_loop_ended_without_shutdown_refuses_new_tasks():
+    q = HybridQueue(1)
+
+    async def use_and_forget() -> None:
+        await q.start()
+        await (await q.submit(asyncio.sleep, 0))
+
+    asyncio.run(use_and_forget())
+    with pytest.raises(QueueShutDown, match="event loop is closed"):
+        q.submit_blocking(abs, -1)
+    assert_identity(q)
+    # The loop is gone: shutdown_blocking releases the owned pool itself.
+    pool = q._executor
+    q.shutdown_blocking()
+    assert pool is not None and pool._shutdown  # type: ignore[attr-defined]
 
 
+@pytest.mark.hardening
+def test_a_post_after_the_loop_closed_with_a_drain_scheduled_is_refused():
+    loop = asyncio.new_event_loop()
+    bridge = LoopBridge(loop)
+    ran: list[int] = []
+    assert bridge.post(ran.append, 1) is True  # schedules a drain
+    loop.close()  # before the drain could run
+    # The flag that says "a drain is coming" must not make this look accepted.
+    assert bridge.post(ran.append, 2) is False
+    assert bridge.post(ran.append, 3) is False
+    assert ran == []
+
+
+@pytest.mark.lifecycle
 def test_shutdown_blocking_after_the_loop_ended_releases_the_pool_and_settles_futures() -> None:
     clock = FakeClock()
     q = HybridQueue(workers=2, retry=STILL_CLOCK_RETRY, clock=clock)
@@ -363,6 +691,7 @@ def test_shutdown_blocking_after_the_loop_ended_releases_the_pool_and_settles_fu
         q.submit_blocking(noop)
 
 
+@pytest.mark.lifecycle
 def test_background_queue_dropped_while_running_warns_and_its_threads_end() -> None:
     q = HybridQueue(workers=2)
     q.start_background()
@@ -379,6 +708,7 @@ def test_background_queue_dropped_while_running_warns_and_its_threads_end() -> N
         gc.collect()
 
 
+@pytest.mark.lifecycle
 async def test_queue_dropped_while_its_loop_runs_warns_and_its_threads_end() -> None:
     q = HybridQueue(workers=2)
     await q.start()
@@ -396,7 +726,23 @@ async def test_queue_dropped_while_its_loop_runs_warns_and_its_threads_end() -> 
     await asyncio.sleep(0)  # the loop runs the pool's shutdown, posted by the drop
 
 
-# ---------------------------------------------------------------------- fork
+@pytest.mark.hardening
+def test_a_dropped_queue_lets_go_of_its_threads_even_when_its_warning_raises(monkeypatch):
+    import gc
+    import sys
+    import warnings
+
+    caught: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: caught.append(u.exc_value))
+    q = HybridQueue(2)
+    q.start_background()
+    assert q.submit_blocking(abs, -1).result(10) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del q
+        gc.collect()
+    assert [type(e) for e in caught] == [ResourceWarning]
+    # The no_leaked_threads fixture checks that the loop and pool threads end.
 
 
 def _in_child(q: HybridQueue) -> str:
@@ -425,6 +771,7 @@ def _wait_for_child(pid: int, bound: float) -> int | None:
         time.sleep(0.01)
 
 
+@pytest.mark.lifecycle
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_refuses_the_parents_queue_at_once() -> None:
     q = HybridQueue(workers=2)
@@ -450,9 +797,28 @@ def test_forked_child_refuses_the_parents_queue_at_once() -> None:
     assert (exit_code, report) == (0, "refused (forked child); shutdown_blocking returned")
 
 
-# -------------------------------------------------------------- unwind_grace
+@pytest.mark.races
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_from_another_thread_knows_its_main_thread():
+    # That thread is the child's main thread, and runs its signal handlers:
+    # it must take the scheduler lock the main thread's way.
+    def fork_and_report(result: list[int]) -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: one thread, this one
+            ok = lock_module._MAIN_THREAD == threading.main_thread().ident == threading.get_ident()
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        result.append(os.waitstatus_to_exitcode(status))
+
+    result: list[int] = []
+    forker = threading.Thread(target=fork_and_report, args=(result,))
+    forker.start()
+    forker.join(30)
+    assert result == [0]
+    assert lock_module._MAIN_THREAD == threading.main_thread().ident  # the parent's is unchanged
 
 
+@pytest.mark.lifecycle
 @pytest.mark.parametrize("grace", [-1.0, -0.001, float("nan")])
 def test_unwind_grace_below_zero_is_refused(grace: float) -> None:
     with pytest.raises(ValueError, match=r"^unwind_grace must be >= 0 seconds, got "):
@@ -482,6 +848,7 @@ ABANDONED_HANDLER_PROGRAM = textwrap.dedent(
 )
 
 
+@pytest.mark.lifecycle
 def test_process_exits_after_shutdown_abandons_a_blocked_sync_handler() -> None:
     done = run_python(ABANDONED_HANDLER_PROGRAM, timeout=60)
     assert (done.returncode, done.stdout) == (0, "shutdown returned\n"), done.stderr

@@ -1,12 +1,25 @@
-"""Interruptible: TaskInterrupted is raised in a sync handler's thread, and never outside the handler.
+"""Threads: sync programs, sync handlers, and how a sync handler is stopped.
 
-Threads are gated with Events (one test polls another thread's frame); no
-assertion depends on time, and the bound JOIN is reached only when something
-is broken.
+- A sync program drives the queue with ``submit_blocking`` (which waits for
+  room in a bounded queue) and a ``with`` block; the ``TaskFuture`` it gets
+  says ``running()`` while its task runs.
+- Sync handlers run in threads. A handler cannot be stopped from outside;
+  it stops itself by checking ``current_task()`` (cancelled, timed out), or,
+  when ``interruptible``, by ``TaskInterrupted`` raised in its thread.
+- ``Interruptible``: the interrupt is raised in the handler's thread while the
+  handler runs, or not at all: never after it returned, never inside the
+  queue's methods or its bookkeeping, and at most once.
+- A thread that finds the scheduler's lock held yields instead of blocking
+  the loop, up to a bound, then blocks.
+
+Threads are gated with Events; no assertion depends on time, and the bound
+JOIN is reached only when something is broken.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dis
 import inspect
 import random
@@ -18,8 +31,215 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import wait_until
 
-from hybrid_queue._interrupt import Interruptible, TaskInterrupted
+from hybrid_queue import HybridQueue, QueueShutDown, RetryPolicy, TaskInterrupted, current_task
+from hybrid_queue import _lock as lock_module
+from hybrid_queue._interrupt import Interruptible
+
+
+def test_sync_program_context_manager():
+    with HybridQueue(3) as q:
+        futures = [q.submit_blocking(pow, i, 2, priority=i) for i in range(50)]
+        assert [f.result(10) for f in futures] == [i * i for i in range(50)]
+    with pytest.raises(QueueShutDown):
+        q.submit_blocking(abs, 1)
+
+
+def test_submit_blocking_waits_for_room():
+    q = HybridQueue(1, max_queue_size=1)
+    q.submit_blocking(abs, 1)  # fills the queue before it starts
+    result = []
+    t = threading.Thread(target=lambda: result.append(q.submit_blocking(abs, -2)))
+    t.start()
+    t.join(0.05)
+    assert t.is_alive()
+    q.start_background()
+    t.join(10)
+    assert result[0].result(10) == 2
+    q.shutdown_blocking()
+
+
+@pytest.mark.hardening
+def test_task_future_running_is_true_while_the_task_runs():
+    started, release = threading.Event(), threading.Event()
+
+    def work() -> int:
+        started.set()
+        release.wait(10)
+        return 1
+
+    with HybridQueue(1) as q:
+        first = q.submit_blocking(work)
+        second = q.submit_blocking(abs, -2)
+        started.wait(10)
+        assert first.running() and not second.running()
+        release.set()
+        assert first.result(10) == 1 and second.result(10) == 2
+        assert not first.running()
+
+
+# ------------------------------------------------ stopping sync handlers
+
+
+@pytest.mark.hardening
+def test_current_task_outside_a_handler_is_an_error():
+    with pytest.raises(RuntimeError, match="outside a sync handler"):
+        current_task()
+
+
+def spin_until_cancelled() -> str:
+    task = current_task()
+    while not task.cancelled:
+        pass
+    return "saw it"
+
+
+@pytest.mark.hardening
+async def test_a_sync_handler_sees_its_cancellation_through_current_task(make_queue):
+    q = await make_queue(1)
+    h = await q.submit(spin_until_cancelled)
+    await wait_until(lambda: q.stats().running == 1)
+    h.cancel()
+    await wait_until(lambda: q.stats().busy_workers == 0)  # it saw it, returned, and gave its slot back
+    assert h.cancelled()
+
+
+@pytest.mark.hardening
+async def test_a_sync_handler_sees_its_timeout_through_current_task(make_queue):
+    q = await make_queue(1, retry=RetryPolicy(max_retries=0))
+    seen: list[int] = []
+
+    def spin() -> None:
+        task = current_task()
+        while not task.cancelled:
+            pass
+        seen.append(task.attempt)
+        task.raise_if_cancelled()
+
+    h = await q.submit(spin, timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await h
+    await wait_until(lambda: q.stats().busy_workers == 0)
+    assert seen == [1]
+
+
+@pytest.mark.hardening
+async def test_an_interruptible_sync_handler_is_stopped_and_frees_its_slot(make_queue):
+    q = await make_queue(1, interrupt_sync_handlers=True)
+    unwound: list[str] = []
+
+    def busy() -> None:
+        try:
+            while True:
+                pass
+        finally:
+            unwound.append("finally ran")
+
+    h = await q.submit(busy)
+    waiting = await q.submit(abs, -5)
+    await wait_until(lambda: q.stats().running == 1)
+    h.cancel()
+    assert await waiting == 5  # the slot came back: busy() was interrupted
+    assert unwound == ["finally ran"]
+
+
+@pytest.mark.hardening
+async def test_an_interruptible_sync_handler_is_stopped_by_its_timeout(make_queue):
+    q = await make_queue(1, interrupt_sync_handlers=True, retry=RetryPolicy(max_retries=0))
+
+    def busy() -> None:
+        while True:
+            pass
+
+    h = await q.submit(busy, timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await h
+    await wait_until(lambda: q.stats().busy_workers == 0)
+
+
+@pytest.mark.hardening
+def test_an_interrupt_never_lands_inside_the_queue_methods_a_handler_calls():
+    # The interrupt of a handler comes just as the handler's submit_blocking
+    # has taken the scheduler's lock by hand (a profile hook picks that
+    # instant): raised there, it would leave the lock held for good. It is
+    # held back until the call has done its work, and raised as it returns.
+    import sys
+
+    with HybridQueue(2, interrupt_sync_handlers=True) as q:
+
+        def parent() -> None:
+            me = q._sched._live["parent"]
+
+            def hook(frame, event, arg):  # type: ignore[no-untyped-def]
+                if (
+                    event == "c_return"
+                    and frame.f_code.co_name == "guard"
+                    and getattr(arg, "__name__", "") == "acquire"
+                ):
+                    sys.setprofile(None)
+                    me._runner.interrupt()  # as a cancel from another thread would, at this very instant
+
+            sys.setprofile(hook)
+            try:
+                q.submit_blocking(abs, -1, task_id="child")
+            finally:
+                sys.setprofile(None)
+
+        future = q.submit_blocking(parent, task_id="parent")
+        with pytest.raises(TaskInterrupted):
+            future.result(10)
+        assert not q._sched.lock.locked()
+        # The child was accepted whole, and runs.
+        assert asyncio.run_coroutine_threadsafe(q.get_result("child", timeout=10), q._sched.loop).result(10).result == 1
+        s = q.stats()
+        assert s.submitted == s.completed + s.failed + s.cancelled == 2
+
+
+@pytest.mark.hardening
+def test_a_late_thread_of_an_ended_attempt_does_not_take_over_the_next_attempts_interrupt(monkeypatch):
+    # Attempt 1 times out before its pool thread reaches the handler (held
+    # back here until attempt 2 runs); arriving late, that thread must not
+    # publish its own runner over attempt 2's, or attempt 2's timeout
+    # would interrupt the stale one and let attempt 2 run on.
+    import hybrid_queue._workers as workers
+
+    second_started, stop = threading.Event(), threading.Event()
+    interrupted: list[int] = []
+    original = workers._call_sync
+
+    def late_first(claim, interruptible, current):  # type: ignore[no-untyped-def]
+        if claim[1] == 1:
+            second_started.wait(10)
+        return original(claim, interruptible, current)
+
+    monkeypatch.setattr(workers, "_call_sync", late_first)
+
+    def spin() -> None:
+        second_started.set()
+        try:
+            while not stop.is_set():
+                pass
+        except TaskInterrupted:
+            interrupted.append(current_task().attempt)
+            raise
+
+    retry = RetryPolicy(max_retries=1, base_delay=0.0, retry_on=(TimeoutError,))
+    with HybridQueue(2, interrupt_sync_handlers=True, retry=retry) as q:
+        try:
+            future = q.submit_blocking(spin, timeout=0.1)
+            with pytest.raises(TimeoutError):
+                future.result(10)
+            deadline = time.monotonic() + 10
+            while q.stats().busy_workers and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert interrupted == [2]
+        finally:
+            stop.set()
+
+
+# ------------------------------------------------------------ interrupts
+
 
 JOIN = 10.0  # seconds a join or wait may take before the test fails
 
@@ -92,6 +312,7 @@ def spinner() -> Iterator[Spinner]:
     spin.stop.set()  # lets the thread end if the interrupt never came
 
 
+@pytest.mark.interrupt
 def test_busy_loop_is_interrupted(spinner: Spinner) -> None:
     caller = Caller(spinner)
     assert spinner.inside.wait(JOIN)
@@ -100,6 +321,7 @@ def test_busy_loop_is_interrupted(spinner: Spinner) -> None:
     assert (ok, value, type(exc)) == (False, None, TaskInterrupted)
 
 
+@pytest.mark.interrupt
 def test_interrupt_twice_sends_once(spinner: Spinner) -> None:
     caller = Caller(spinner)
     assert spinner.inside.wait(JOIN)
@@ -109,6 +331,7 @@ def test_interrupt_twice_sends_once(spinner: Spinner) -> None:
     assert caller.job.interrupt() is False
 
 
+@pytest.mark.interrupt
 def test_interrupt_after_return_is_refused_and_never_raised() -> None:
     returned, checked = threading.Event(), threading.Event()
 
@@ -124,6 +347,7 @@ def test_interrupt_after_return_is_refused_and_never_raised() -> None:
     assert caller.join() == (True, 42, None)
 
 
+@pytest.mark.interrupt
 def test_interrupt_before_call_means_fn_never_runs() -> None:
     # The queue publishes the object before it checks the task is still
     # running: a cancel in between must not be lost.
@@ -136,6 +360,7 @@ def test_interrupt_before_call_means_fn_never_runs() -> None:
     python_work(1_000)  # nothing pending for this thread
 
 
+@pytest.mark.interrupt
 def test_an_interrupt_while_shielded_is_raised_as_the_shield_lifts() -> None:
     # The queue's own methods are shielded: an interrupt that comes while
     # the handler is inside one is held back until the method returns.
@@ -165,6 +390,7 @@ def test_an_interrupt_while_shielded_is_raised_as_the_shield_lifts() -> None:
     assert (ok, value, type(error)) == (False, None, TaskInterrupted)
 
 
+@pytest.mark.interrupt
 def test_handler_that_catches_the_interrupt_returns_its_value(spinner: Spinner) -> None:
     # The loop runs in a function of its own: CPython 3.13 skips the except
     # clause of a try block that ends in a while loop interrupted at its back edge.
@@ -182,6 +408,7 @@ def test_handler_that_catches_the_interrupt_returns_its_value(spinner: Spinner) 
     assert caller.join() == (True, "caught", None)
 
 
+@pytest.mark.interrupt
 def test_traced_calls_do_not_hang_after_an_interrupt(spinner: Spinner) -> None:
     # A cancel of the pending exception with NULL would leave CPython's
     # "something is pending" flag set; on 3.11 the next call of a Python
@@ -200,6 +427,7 @@ def test_traced_calls_do_not_hang_after_an_interrupt(spinner: Spinner) -> None:
     assert type(caller.join()[2]) is TaskInterrupted
 
 
+@pytest.mark.interrupt
 def test_handler_failure_and_arguments_are_passed_through() -> None:
     job = Interruptible()
     ok, value, exc = job.call(int, ("x",), None)
@@ -207,6 +435,7 @@ def test_handler_failure_and_arguments_are_passed_through() -> None:
     assert Interruptible().call(int, ("ff",), {"base": 16}) == (True, 255, None)
 
 
+@pytest.mark.interrupt
 def test_call_runs_once_on_the_thread_that_made_it() -> None:
     job = Interruptible()
     job.call(int, (), None)
@@ -240,6 +469,7 @@ class _InterruptedAtReturn(Interruptible):
             raise
 
 
+@pytest.mark.interrupt
 def test_interrupt_raised_after_return_keeps_the_handlers_value() -> None:
     caller = Caller(lambda: 42, make=_InterruptedAtReturn)
     assert caller.join() == (True, 42, None)
@@ -275,6 +505,15 @@ def _lock_line(method: Callable[..., Any]) -> int:
 _LEAVE_LOCK_LINE = _lock_line(Interruptible._leave)
 
 
+def _blocked_in_leave(thread: threading.Thread) -> bool:
+    # Sampled with the GIL held: the caller thread stands at a point where it
+    # released the GIL. On the ``with`` line that can only be the lock wait.
+    assert thread.ident is not None
+    frame = sys._current_frames().get(thread.ident)
+    return frame is not None and frame.f_code is Interruptible._leave.__code__ and frame.f_lineno == _LEAVE_LOCK_LINE
+
+
+@pytest.mark.interrupt
 def test_interrupt_pending_when_bookkeeping_begins_is_cancelled() -> None:
     # The caller thread blocks on the object's lock in _leave() while this
     # thread, holding it, sends the interrupt: the exception is pending when
@@ -300,14 +539,6 @@ def test_interrupt_pending_when_bookkeeping_begins_is_cancelled() -> None:
         assert job.interrupt() is True
     assert caller.join() == (True, 42, None)
     assert job.raised_in_bookkeeping == 0
-
-
-def _blocked_in_leave(thread: threading.Thread) -> bool:
-    # Sampled with the GIL held: the caller thread stands at a point where it
-    # released the GIL. On the ``with`` line that can only be the lock wait.
-    assert thread.ident is not None
-    frame = sys._current_frames().get(thread.ident)
-    return frame is not None and frame.f_code is Interruptible._leave.__code__ and frame.f_lineno == _LEAVE_LOCK_LINE
 
 
 def _check_points(code: types.CodeType) -> frozenset[int]:
@@ -380,6 +611,7 @@ class _InterruptAtPoint:
             self.stray = exc
 
 
+@pytest.mark.interrupt
 def test_interrupt_at_each_point_it_can_be_raised() -> None:
     # Every point of call(), _leave() and the handler where CPython could
     # raise the exception, in turn: before call() runs fn (refused), in fn
@@ -405,6 +637,7 @@ def test_interrupt_at_each_point_it_can_be_raised() -> None:
     assert all(tally.values()), tally
 
 
+@pytest.mark.interrupt
 def test_interrupt_racing_with_return_is_never_raised_outside_the_handler(figures: Any) -> None:
     # Each round, this thread interrupts after a random pause while the
     # handler does a random amount of work, so the interrupt comes before
@@ -467,3 +700,152 @@ def test_interrupt_racing_with_return_is_never_raised_outside_the_handler(figure
     # covers it deterministically).
     assert landed and refused, (landed, raced, refused)
     print(f"interrupt race: {landed} landed, {raced} sent as the handler returned, {refused} refused")
+
+
+# ------------------------------- the scheduler's lock from other threads
+
+
+class _YieldingTime:
+    """Stands in for the scheduler module's ``time``: records the GIL yields, runs ``at_yield(n)`` at each."""
+
+    def __init__(self, at_yield):
+        self.yielders: list[int] = []  # the thread of each yield
+        self._at_yield = at_yield
+
+    @property
+    def yields(self) -> int:
+        return len(self.yielders)
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds == 0
+        self.yielders.append(threading.get_ident())
+        self._at_yield(self.yields)
+
+
+@pytest.mark.races
+def test_thread_finding_the_scheduler_lock_held_yields_until_it_can_take_it_instead_of_blocking(monkeypatch):
+    # Blocking on the lock made busy threads trade it through the kernel at
+    # every acquisition (a convoy); a thread that finds it held now yields
+    # the GIL until the holder has released it.
+    lock = threading.Lock()
+    lock.acquire()  # the holder
+
+    def holder_releases_at_third_yield(n: int) -> None:
+        if n == 3:
+            lock.release()
+
+    fake = _YieldingTime(holder_releases_at_third_yield)
+    monkeypatch.setattr(lock_module, "time", fake)
+    lock_module._acquire_yielding(lock)
+    assert fake.yields == 3
+    assert lock.locked()  # the caller's now
+    lock.release()
+
+
+@pytest.mark.races
+def test_thread_finding_the_scheduler_lock_held_for_long_blocks_after_its_yields(monkeypatch):
+    # A holder that does not wait for the GIL (descheduled, say): after
+    # _YIELDS tries the thread blocks on the lock.
+    monkeypatch.setattr(lock_module, "_YIELDS", 2)
+    lock = threading.Lock()
+    lock.acquire()
+    yielded_all = threading.Event()
+    fake = _YieldingTime(lambda n: yielded_all.set() if n == 2 else None)
+    monkeypatch.setattr(lock_module, "time", fake)
+
+    def holder() -> None:
+        yielded_all.wait(10)
+        lock.release()
+
+    releaser = threading.Thread(target=holder)
+    releaser.start()
+    lock_module._acquire_yielding(lock)  # blocks until holder() releases
+    releaser.join(10)
+    assert fake.yields == 2
+    assert lock.locked()
+    lock.release()
+
+
+@pytest.mark.races
+def test_main_thread_finding_the_scheduler_lock_held_waits_for_it_and_leaves_the_taking_to_with(monkeypatch):
+    # The main thread runs signal handlers: taking the lock by hand, it could
+    # be interrupted before the block that releases it. It only waits.
+    assert threading.current_thread() is threading.main_thread()
+    sched = HybridQueue(1)._sched
+    lock = sched.lock
+    lock.acquire()
+    fake = _YieldingTime(lambda n: lock.release() if n == 2 else None)
+    monkeypatch.setattr(lock_module, "time", fake)
+    guard = sched._guard()
+    assert guard is lock  # for the caller's ``with lock``
+    assert not lock.locked()
+    assert fake.yields == 2
+
+
+def _release_at_first_yield(lock: threading.Lock) -> tuple[_YieldingTime, list[bool]]:
+    released: list[bool] = []
+
+    def at_yield(n: int) -> None:
+        if n == 1:
+            released.append(True)
+            lock.release()
+
+    return _YieldingTime(at_yield), released
+
+
+@pytest.mark.races
+def test_submit_blocking_that_finds_the_scheduler_lock_held_yields_instead_of_blocking(monkeypatch):
+    q = HybridQueue(1)
+    q.start_background()
+    lock = q._sched.lock
+    fake, released = _release_at_first_yield(lock)
+    lock.acquire()  # as if another thread were in the middle of a change
+    monkeypatch.setattr(lock_module, "time", fake)
+    futures: list[concurrent.futures.Future[int]] = []
+    submitter = threading.Thread(target=lambda: futures.append(q.submit_blocking(abs, -1)))
+    try:
+        submitter.start()
+        # Blocked on the held lock, it would never get past add().
+        submitter.join(10)
+        assert not submitter.is_alive()
+        assert fake.yielders[0] == submitter.ident
+        assert futures[0].result(timeout=10) == 1
+    finally:
+        if not released:
+            lock.release()
+        submitter.join(10)
+        q.shutdown_blocking()
+
+
+@pytest.mark.races
+def test_pool_thread_finishing_a_task_while_the_scheduler_lock_is_held_yields_instead_of_blocking(monkeypatch):
+    q = HybridQueue(1)
+    q.start_background()
+    lock = q._sched.lock
+    fake, released = _release_at_first_yield(lock)
+    entered, go = threading.Event(), threading.Event()
+    pool_thread: list[int] = []
+
+    def handler() -> str:
+        pool_thread.append(threading.get_ident())
+        entered.set()
+        go.wait(10)
+        return "done"
+
+    held = False
+    try:
+        future = q.submit_blocking(handler)
+        assert entered.wait(10)
+        lock.acquire()  # held while the handler returns and its thread reports
+        held = True
+        monkeypatch.setattr(lock_module, "time", fake)
+        go.set()
+        # Blocked on the held lock, the pool thread would never settle the future.
+        assert future.result(timeout=10) == "done"
+        assert fake.yielders[0] == pool_thread[0]
+    finally:
+        go.set()
+        if held and not released:
+            lock.release()
+        monkeypatch.undo()
+        q.shutdown_blocking()
