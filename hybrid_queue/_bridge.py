@@ -18,6 +18,7 @@ once, not once per task.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
     from ._clock import Clock, TimerHandle
 
 __all__ = ["LoopBinding", "LoopBridge"]
+
+# The context the queue's own callbacks run in: not the context of whatever
+# called soon() or later() (a handler, say), which a timer would otherwise
+# keep, with every value in it (a handler's task record, and its result),
+# for as long as it waits. Callbacks on the loop run one at a time, so one
+# context serves them all.
+_NEUTRAL = contextvars.Context()
 
 
 class LoopBridge:
@@ -142,7 +150,7 @@ class LoopBinding:
         if threading.get_ident() == self.thread:
             assert self.loop is not None
             if not self.loop.is_closed():
-                self.loop.call_soon(fn, *args)
+                self.loop.call_soon(fn, *args, context=_NEUTRAL)
         elif self.bridge is not None:
             self.bridge.post(fn, *args)
 
@@ -151,4 +159,4 @@ class LoopBinding:
         if self._timers is not None:
             return self._timers.call_later(delay, fn, *args)
         assert self.loop is not None
-        return self.loop.call_later(delay, fn, *args)
+        return self.loop.call_later(delay, fn, *args, context=_NEUTRAL)

@@ -50,7 +50,7 @@ from ._pool import WorkerPool
 if TYPE_CHECKING:
     from ._queue import HybridQueue
     from ._scheduler import Scheduler
-    from ._task import TaskHandle
+    from ._task import ChildHandle, Record
 
 __all__ = [
     "Holder",
@@ -68,16 +68,17 @@ T = TypeVar("T")
 class Holder:
     """A worker coroutine's slot, as its handlers' waits see it. Loop thread only.
 
-    ``busy``: the worker runs a handler now (it holds a slot, or lent it);
-    False while the worker is parked without one. ``loan``: the lending in
-    progress, from a handler's first wait until its slot is back.
+    ``running``: the claim ``(record, attempt)`` whose handler the worker
+    runs now (holding its slot, or having lent it); None while the worker
+    is parked without one. ``loan``: the lending in progress, from a
+    handler's first wait until its slot is back.
     """
 
-    __slots__ = ("busy", "loan", "sched")
+    __slots__ = ("loan", "running", "sched")
 
     def __init__(self, sched: Scheduler) -> None:
         self.sched = sched
-        self.busy = False
+        self.running: tuple[Record, int] | None = None
         self.loan: _Loan | None = None
 
 
@@ -94,9 +95,12 @@ class _Loan:
     ``reclaiming``: a grant is parked with the scheduler; ``orphan``: the
     handler ended while its slot was out, so a slot that comes back is
     passed on (the handler's attempt was reported without one).
+    ``reserved``: slots that children this loan waits for gave it as they
+    ended (see ``Scheduler.finish``); read and written under the
+    scheduler's lock only.
     """
 
-    __slots__ = ("deferred", "holder", "orphan", "out", "reclaiming", "waits")
+    __slots__ = ("deferred", "holder", "orphan", "out", "reclaiming", "reserved", "waits")
 
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
@@ -105,9 +109,11 @@ class _Loan:
         self.out = False
         self.reclaiming = False
         self.orphan = False
+        self.reserved = 0
         # Callbacks that ended the last wait while no slot was free: they
-        # resume the handler, so they run once a slot is back.
-        self.deferred: list[tuple[Callable[[Any], object], Any]] = []
+        # resume the handler, so they run once a slot is back, each in the
+        # context it was added in.
+        self.deferred: list[tuple[Callable[[Any], object], Any, contextvars.Context]] = []
 
     def begin(self, wait: _Wait) -> None:
         self.waits.add(wait)
@@ -116,20 +122,43 @@ class _Loan:
             self.holder.sched.lend()
 
     def end(self, wait: _Wait, fn: Callable[[Any], object] | None, fut: Any) -> None:
-        # A wait ends: its callback runs (fn, fut), or it was removed (fn None).
+        """A wait ends: its callback runs now (``fn(fut)``), or it was removed (``fn`` None)."""
         self.waits.discard(wait)
-        if self.orphan or self.waits or not self.out:
+        sched = self.holder.sched
+        if self.orphan or not self.out:
             if fn is not None:
                 fn(fut)
             return
-        if fn is not None:
-            self.deferred.append((fn, fut))
-        if self.reclaiming:
+        if fn is not None and fut.cancelled():
+            # Cancelled (the waiter's own cancellation, a timeout, shutdown):
+            # the handler must be able to unwind now, not once some other
+            # handler ends; it goes on, and its slot comes back when free.
+            self.end(wait, None, None)
+            fn(fut)
             return
-        if self.holder.sched.reclaim(self._grant):
-            self._back()
-        else:
-            self.reclaiming = True
+        if fn is None:
+            sched.unreserve(wait.handle, self)
+        if self.waits:
+            # Still waiting for others: a slot this child kept for us goes on.
+            if self.reserved:
+                sched.pass_reserved(self)
+            if fn is not None:
+                fn(fut)
+            return
+        if self.reclaiming:
+            if fn is not None:
+                self.deferred.append((fn, fut, wait.context))
+            return
+        if sched.reclaim(self._grant, self):
+            self.out = False
+            if self.holder.loan is self:
+                self.holder.loan = None
+            if fn is not None:
+                fn(fut)  # this callback runs in its own context already
+            return
+        self.reclaiming = True
+        if fn is not None:
+            self.deferred.append((fn, fut, wait.context))
 
     def _grant(self) -> None:
         # Any thread, no lock held: a slot is this loan's now.
@@ -139,33 +168,41 @@ class _Loan:
         # Loop thread: the slot is back with the handler.
         self.reclaiming = False
         self.out = False
+        sched = self.holder.sched
         if self.orphan:
             # The attempt was reported without this slot: pass it on.
-            self.holder.sched.lend()
+            sched.lend()
         elif self.waits:
             # The handler (or a task it made) began waiting again meanwhile.
             self.out = True
-            self.holder.sched.lend()
+            sched.lend()
         elif self.holder.loan is self:
             self.holder.loan = None
         deferred, self.deferred = self.deferred, []
-        for fn, fut in deferred:
-            fn(fut)
+        loop = sched.at_loop.loop
+        assert loop is not None
+        for fn, fut, context in deferred:
+            # In the context the callback was added in (a task's wakeup runs
+            # the task's step in the current context), as asyncio would.
+            loop.call_soon(fn, fut, context=context)
 
 
 class _Wait:
-    """A done-callback of a TaskHandle added in a waiting handler's context: one wait of its loan.
+    """A done-callback of a ChildHandle added in a waiting handler's context: one wait of its loan.
 
     Compares equal to the callback it wraps, so that ``remove_done_callback``
     with the original finds it; hashes by identity.
     """
 
-    __slots__ = ("fn", "handle", "loan")
+    __slots__ = ("context", "fn", "handle", "loan")
 
-    def __init__(self, fn: Callable[[Any], object], loan: _Loan, handle: TaskHandle[Any]) -> None:
+    def __init__(
+        self, fn: Callable[[Any], object], loan: _Loan, handle: ChildHandle[Any], context: contextvars.Context
+    ) -> None:
         self.fn = fn
         self.loan = loan
         self.handle = handle
+        self.context = context
 
     def __call__(self, fut: Any) -> None:
         self.loan.end(self, self.fn, fut)
@@ -176,19 +213,30 @@ class _Wait:
     __hash__ = object.__hash__
 
 
-def add_waiting_callback(handle: TaskHandle[Any], holder: Holder, fn: Callable[[Any], object]) -> _Wait | None:
-    """The wrapper to register instead of ``fn`` if this callback is a wait that lends; else None. Loop thread."""
-    if not holder.busy or holder.sched is not handle._queue_ref._sched or handle.done():
+def add_waiting_callback(
+    handle: ChildHandle[Any], holder: Holder, fn: Callable[[Any], object], context: contextvars.Context | None
+) -> _Wait | None:
+    """The wrapper to register instead of ``fn`` if this callback is a wait that lends; else None. Loop thread.
+
+    Only while the worker runs a handler (a task left behind by a handler
+    that returned lends nothing while the worker is parked; while it runs
+    another handler, its waits count as that handler's: telling them apart
+    would cost every coroutine task a context switch).
+    """
+    running = holder.running
+    if running is None or handle.done():
         return None
     loan = holder.loan
     if loan is None or loan.orphan:
         loan = holder.loan = _Loan(holder)
-    wait = _Wait(fn, loan, handle)
+    wait = _Wait(fn, loan, handle, contextvars.copy_context() if context is None else context)
     loan.begin(wait)
+    # Its slot, when it ends, is kept for this loan ahead of the heap.
+    handle._lender = loan
     return wait
 
 
-def remove_waiting_callback(handle: TaskHandle[Any], holder: Holder, fn: Callable[[Any], object]) -> None:
+def remove_waiting_callback(handle: ChildHandle[Any], holder: Holder, fn: Callable[[Any], object]) -> None:
     """End the waits on ``handle`` whose callback is ``fn``, removed before it ran. Loop thread."""
     loan = holder.loan
     if loan is None:
@@ -209,8 +257,10 @@ def settle_loan(holder: Holder) -> bool:
     if loan is None or not loan.out:
         return True
     # Whoever holds the lent slot frees it; a grant already parked for it
-    # is passed on when it comes (see _Loan._back).
+    # is passed on when it comes (see _Loan._back), and so is any slot a
+    # child kept for it.
     loan.orphan = True
+    holder.sched.disown_loan(loan, [w.handle for w in loan.waits])
     return False
 
 
@@ -250,10 +300,19 @@ def thread_slot() -> list[Any] | None:
     return _running.slot
 
 
-def wait_lending(queue: HybridQueue, wait: Callable[[], T], slot: list[Any] | None) -> T:
-    """Run ``wait()``, a blocking wait for a task of ``queue``, lending the calling handler's slot meanwhile.
+class _ThreadLoan:
+    """The lending of a sync handler's slot while its thread waits for one task. ``reserved`` as for _Loan."""
 
-    ``slot`` is the calling thread's running slot (see ``_context``): a
+    __slots__ = ("reserved",)
+
+    def __init__(self) -> None:
+        self.reserved = 0
+
+
+def wait_lending(queue: HybridQueue, wait: Callable[[], T], slot: list[Any] | None, task_id: Any) -> T:
+    """Run ``wait()``, a blocking wait for task ``task_id`` of ``queue``, lending the calling handler's slot meanwhile.
+
+    ``slot`` is the calling thread's running slot (see ``running_slot``): a
     worker thread of this queue in a sync handler lends; any other caller
     just waits. The slot is back before this returns or raises.
     """
@@ -262,28 +321,36 @@ def wait_lending(queue: HybridQueue, wait: Callable[[], T], slot: list[Any] | No
         return wait()
     executor = queue._runner.executor
     pool = executor if isinstance(executor, WorkerPool) else None
-    _lend_thread(sched, pool)
+    loan = _ThreadLoan()
+    # [lent, the child's record]: set inside the shielded lend, so that an
+    # interrupt raised as its shield lifts still finds the slot to reclaim.
+    state: list[Any] = [False, None]
     try:
+        _lend_thread(sched, pool, loan, task_id, state)
         return wait()
     finally:
-        _reclaim_thread(sched, pool)
+        if state[0]:
+            _reclaim_thread(sched, pool, loan, state[1])
 
 
 @shielded
-def _lend_thread(sched: Scheduler, pool: WorkerPool | None) -> None:
+def _lend_thread(sched: Scheduler, pool: WorkerPool | None, loan: _ThreadLoan, task_id: Any, state: list[Any]) -> None:
     # The thread blocks with its slot lent: a sync task given that slot
     # needs a thread of its own, which the queue's pool may start for it.
     if pool is not None:
         pool.allow_blocked(1)
-    sched.lend()
+    state[1] = sched.lend(loan, task_id)
+    state[0] = True
 
 
 @shielded
-def _reclaim_thread(sched: Scheduler, pool: WorkerPool | None) -> None:
+def _reclaim_thread(sched: Scheduler, pool: WorkerPool | None, loan: _ThreadLoan, child: Record | None) -> None:
     # Shielded: an interrupt landing between the grant and the return would
     # leave the handler running on a slot nobody counts as its.
+    if child is not None:
+        sched.unreserve(child, loan)
     granted = threading.Event()
-    if not sched.reclaim(granted.set):
+    if not sched.reclaim(granted.set, loan):
         granted.wait()
     if pool is not None:
         pool.allow_blocked(-1)

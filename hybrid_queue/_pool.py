@@ -184,11 +184,18 @@ class WorkerPool(concurrent.futures.Executor):
         """Allow ``change`` more threads (or, negative, take that back). Any thread.
 
         For a call of this pool that blocks until work it submitted is done:
-        its thread counts as busy, so one more may start for that work.
-        Threads started meanwhile stay, idle, once the limit is lowered.
+        its thread counts as busy, so one more starts for that work (now,
+        if the limit allows). Threads started meanwhile stay, idle, once the
+        limit is lowered.
         """
         with self._lock:
             self._max_workers += change
+            # Started now rather than on the next submit: a thread that
+            # finished a call and took a queued one may have left an idle
+            # token behind it, and a submit that trusted that token would
+            # leave the blocked caller's work queued with no thread.
+            if change > 0 and not self._shutdown and len(self._threads) < self._max_workers:
+                self._start_thread()
 
     def _start_thread(self) -> None:
         # Under _lock. The thread gets the queue and the idle tokens, not the pool.

@@ -535,7 +535,12 @@ class HybridQueue(QueueLifetime):
         # A task submitted from async code: its handle is its record. One
         # submitted from inside a handler may be waited for by one: the
         # kind of handle whose waits lend the waiting handler's slot.
-        handle: TaskHandle[Any] = (TaskHandle if current_holder() is None else ChildHandle)(loop=loop)
+        holder = current_holder()
+        handle: TaskHandle[Any]
+        if holder is None or holder.sched is not self._sched:
+            handle = TaskHandle(loop=loop)
+        else:
+            handle = ChildHandle(loop=loop)
         fill_record(handle, task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout, keep_result)
         handle._queue_ref = self
         return handle

@@ -145,6 +145,13 @@ class Scheduler(Admission, Queries):
                         result = self._terminal_locked(task, FAILED, None, error, now)
             if not held:
                 grant = nxt = None
+                wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
+            elif result is not None and (lender := task._lender) is not None:
+                # A handler waits for this task: it goes on in this slot,
+                # ahead of the heap (it takes it back with reclaim).
+                task._lender = None
+                lender.reserved += 1
+                grant = nxt = None
             elif self._reclaimers:
                 # A handler that lent its slot to wait for a task of this
                 # queue goes on before anything new starts: it takes this slot.
@@ -180,47 +187,101 @@ class Scheduler(Admission, Queries):
         return None if nxt is None else (nxt, nxt_attempt)
 
     # ---------------------------------------------------------------- lending
+    # A handler that waits for a task of this queue lends its slot, and takes
+    # one back before it goes on (see _nesting). A ``lender`` is the object
+    # of that waiting handler (a _Loan, or a sync thread's _ThreadLoan): its
+    # ``reserved`` counts slots that children it waits for kept for it as
+    # they ended (finish), read and written under the lock only.
 
-    def lend(self) -> None:
-        """The caller's handler, which holds a slot, starts waiting for a task of this queue: lend its slot.
+    def lend(self, lender: Any = None, task_id: Any = None) -> Record | None:
+        """The caller's handler, which holds a slot, starts waiting: lend its slot. Any thread, no lock held.
 
         The slot goes where a freed one would (a handler taking its own back,
         else the next task in the heap), so a handler that waits for a task
         it submitted cannot hold up that task, whatever ``workers`` is. The
         caller takes a slot back with ``reclaim`` before its handler goes on.
+        With ``task_id``, the live task of that id keeps its slot for
+        ``lender`` when it ends; it is returned (None if it is not live).
+        """
+        with self.lock:
+            child = None
+            if task_id is not None:
+                child = self._live.get(task_id)
+                if child is not None:
+                    child._lender = lender
+            passed = self._pass_slots_locked(1)
+        self._after_pass(passed)
+        return child
+
+    def reclaim(self, grant: Callable[[], object], lender: Any) -> bool:
+        """Take back a slot for ``lender``'s handler, which lent its own: True if it has one now.
+
+        A slot a child kept for it comes first; otherwise the handler waits:
+        ``grant()`` is called (once, from whichever thread frees a slot, with
+        no lock held) when the slot is its, ahead of any task in the heap.
         Any thread, no lock held.
         """
-        wake = False
+        passed = None
         with self.lock:
-            if self._reclaimers:
-                grant: Callable[[], object] | None = self._reclaimers.popleft()
-                claimed = NOTHING
+            if lender.reserved:
+                extra, lender.reserved = lender.reserved - 1, 0
+                passed = self._pass_slots_locked(extra) if extra else None
+                got = True
+            elif self._free:
+                self._free -= 1
+                got = True
             else:
-                grant = None
+                self._reclaimers.append(grant)
+                got = False
+        if passed is not None:
+            self._after_pass(passed)
+        return got
+
+    def pass_reserved(self, lender: Any) -> None:
+        """Pass on the slots children kept for ``lender``, which still waits for others. Any thread."""
+        with self.lock:
+            n, lender.reserved = lender.reserved, 0
+            passed = self._pass_slots_locked(n)
+        self._after_pass(passed)
+
+    def unreserve(self, child: Record, lender: Any) -> None:
+        """``lender`` no longer waits for ``child``: its slot, when it ends, is not kept for it. Any thread."""
+        with self.lock:
+            if child._lender is lender:
+                child._lender = None
+
+    def disown_loan(self, lender: Any, children: list[Record]) -> None:
+        """``lender``'s handler ended while waits of its tasks go on: nothing is kept for it any more. Any thread."""
+        with self.lock:
+            for child in children:
+                if child._lender is lender:
+                    child._lender = None
+            n, lender.reserved = lender.reserved, 0
+            passed = self._pass_slots_locked(n)
+        self._after_pass(passed)
+
+    def _pass_slots_locked(self, n: int) -> tuple[list[Callable[[], object]], Claimed, bool]:
+        # n slots go where freed ones go: handlers taking theirs back first,
+        # then the heap. Returns what to do after the lock.
+        grants: list[Callable[[], object]] = []
+        for _ in range(n):
+            if self._reclaimers:
+                grants.append(self._reclaimers.popleft())
+            else:
                 self._free += 1
-                claimed = self._claim_locked()
-                # A slot passed on after its handler ended may be the last one.
-                wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
-        if grant is not None:
+        claimed = self._claim_locked() if n else NOTHING
+        # A slot passed on after its handler ended may be the last one.
+        wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
+        return grants, claimed, wake
+
+    def _after_pass(self, passed: tuple[list[Callable[[], object]], Claimed, bool]) -> None:
+        grants, claimed, wake = passed
+        for grant in grants:
             grant()
-        elif claimed:
+        if claimed:
             self.launch(claimed)
         if wake:
             self.at_loop.now_or_soon(self._wake_idle)
-
-    def reclaim(self, grant: Callable[[], object]) -> bool:
-        """Take back a slot for a handler that lent its own: True if it has one now.
-
-        Otherwise the handler waits: ``grant()`` is called (once, from
-        whichever thread frees a slot, with no lock held) when the slot is
-        its, ahead of any task in the heap. Any thread, no lock held.
-        """
-        with self.lock:
-            if self._free:
-                self._free -= 1
-                return True
-            self._reclaimers.append(grant)
-            return False
 
     def _claim_more(self) -> None:
         # Loop thread: fill slots that a hand_over=False finish freed.

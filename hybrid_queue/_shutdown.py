@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import sys
 import threading
@@ -78,7 +79,9 @@ class QueueLifetime:
         """Start running tasks on the current event loop; tasks already submitted start now.
 
         Idempotent on the same loop. Raises RuntimeError on another loop, or
-        after shutdown (a queue does not restart; make a new one).
+        after shutdown (a queue does not restart; make a new one). Coroutine
+        handlers run in copies of the context (``contextvars``) of the first
+        call.
         """
         loop = asyncio.get_running_loop()
         state = self._sched.life.state
@@ -86,6 +89,8 @@ class QueueLifetime:
             # An owned executor is made first: a factory that raises leaves
             # the queue as it was, new and bound to no loop.
             self._runner.executors.open()
+            # Coroutine handlers run in copies of this context (contextvars).
+            self._runner.context = contextvars.copy_context()
         self._bind(loop)
         if state is Lifecycle.RUNNING:
             return

@@ -93,6 +93,7 @@ _RECORD_FIELDS = (
     "_is_coro",
     "_keep",
     "_kwargs",
+    "_lender",
     "_max_retries",
     "_priority",
     "_retry_count",
@@ -118,6 +119,8 @@ class _RecordFields:
     _kwargs: dict[str, Any] | None
     _is_coro: bool
     _keep: bool
+    # A handler waiting for this task, which its slot goes to when it ends (see Scheduler.lend).
+    _lender: Any
     _priority: int
     _max_retries: int
     _timeout: float | None
@@ -214,16 +217,17 @@ class ChildHandle(TaskHandle[T]):
         slot until the handler goes on (see the module ``_nesting``).
         """
         holder = current_holder()
-        if holder is not None and (wait := add_waiting_callback(self, holder, fn)) is not None:
+        if holder is not None and (wait := add_waiting_callback(self, holder, fn, context)) is not None:
             fn = wait
         _add_done_callback(self, fn, context=context)
 
     def remove_done_callback(self, fn: Callable[[Self], object], /) -> int:
         """As ``asyncio.Future.remove_done_callback``. Loop thread."""
-        holder = current_holder()
-        if holder is not None and holder.loan is not None:
+        removed = asyncio.Future.remove_done_callback(self, fn)
+        # Only callbacks really removed (not already run or scheduled) end their waits.
+        if removed and (holder := current_holder()) is not None and holder.loan is not None:
             remove_waiting_callback(self, holder, fn)
-        return asyncio.Future.remove_done_callback(self, fn)
+        return removed
 
 
 _add_done_callback = asyncio.Future.add_done_callback
@@ -260,14 +264,14 @@ class TaskFuture(concurrent.futures.Future[T]):
         slot = thread_slot()
         if slot is None or slot[0] is None:  # not in a sync handler: nothing to lend
             return super().result(timeout)
-        return wait_lending(self._queue_ref, functools.partial(super().result, timeout), slot)
+        return wait_lending(self._queue_ref, functools.partial(super().result, timeout), slot, self.task_id)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """As ``concurrent.futures.Future.exception``, lending the slot as ``result`` does. Any thread."""
         slot = thread_slot()
         if slot is None or slot[0] is None or self._state == _FINISHED:
             return super().exception(timeout)
-        return wait_lending(self._queue_ref, functools.partial(super().exception, timeout), slot)
+        return wait_lending(self._queue_ref, functools.partial(super().exception, timeout), slot, self.task_id)
 
     def running(self) -> bool:
         """True while an attempt of the task runs (not while it waits for a worker or a retry). Any thread."""
@@ -371,6 +375,7 @@ def fill_record(
     # False: the result goes to the handle, future and get_result waiters
     # only, never into the result store.
     record._keep = keep_result
+    record._lender = None
     record._status = TaskStatus.PENDING
     record._retry_count = 0
     # Bumped at each start; a late completion of an abandoned attempt (a

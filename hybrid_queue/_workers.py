@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import difflib
 import functools
 import threading
@@ -89,6 +90,9 @@ class Runner:
         self._spawn_posted = False
         self._spawn_burst = 1
         self._closing = False
+        # What worker coroutines (and so coroutine handlers) start from: set
+        # by the queue's start() to a copy of its caller's context.
+        self.context = contextvars.Context()
         # Per-thread queue of starts, so that an executor which completes a
         # future inside submit() cannot recurse once per task.
         self._local = threading.local()
@@ -323,7 +327,12 @@ class Runner:
 
     def _make_worker(self, claim: tuple[Record, int]) -> None:
         assert self._sched.loop is not None
-        worker = self._sched.loop.create_task(self._work(claim), name="hybrid_queue-worker")
+        # In a copy of the context the queue was started in, not of whatever
+        # runs now (a handler whose submit claimed the task, whose values
+        # the worker would keep for as long as it lives).
+        worker = self._sched.loop.create_task(
+            self._work(claim), name="hybrid_queue-worker", context=self.context.copy()
+        )
         self._workers.add(worker)
         self._unstarted[worker] = claim
         worker.add_done_callback(self._worker_done)
@@ -346,11 +355,11 @@ class Runner:
         # see it when they wait for a task of this queue (see _nesting).
         holder = Holder(self._sched)
         install_holder(holder)
-        holder.busy = True
         ready = self._ready
         while claim is not None:
             task, attempt = claim
             if task._is_coro:
+                holder.running = claim
                 claim = await self._run_coro(me, holder, task, attempt)
             else:
                 self._start(task, attempt)  # the slot goes with the sync task
@@ -370,7 +379,9 @@ class Runner:
                 return
             waiter: asyncio.Future[tuple[Record, int] | None] = self._sched.loop.create_future()
             self._parked.append(waiter)
-            holder.busy = False  # no slot: a leftover task of a handler that waits now has none to lend
+            # No slot: a task a handler left behind has none to lend. And a
+            # parked worker keeps no record (nor its result) alive.
+            holder.running = None
             try:
                 claim = await waiter
             except asyncio.CancelledError as exc:
@@ -378,7 +389,6 @@ class Runner:
                 if waiter.done() and not waiter.cancelled() and (lost := waiter.result()) is not None:
                     self._give_up(*lost, exc)
                 raise
-            holder.busy = True
 
     def _give_up(self, task: Record, attempt: int, exc: BaseException, held: bool = True) -> None:
         # The worker is being cancelled from outside (the loop is closing)

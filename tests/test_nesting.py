@@ -633,3 +633,181 @@ async def test_coroutine_handler_awaiting_its_own_handle_ends_by_cancel_task(mak
     await wait_until(lambda: q.stats().busy_workers == 0)
     assert_nothing_lost(q, [h, nxt])
     await shut_down(q)
+
+
+# ---------------------------------------------- the slot back, in order and in context
+
+
+async def test_a_parent_goes_on_in_its_childs_slot_before_the_next_task_in_the_heap(make_queue):
+    q = await make_queue(workers=1)
+    order: list[str] = []
+
+    async def child() -> None:
+        order.append("child")
+
+    async def other() -> None:
+        order.append("other")
+
+    async def parent() -> None:
+        done = await q.submit(child, priority=10)
+        await q.submit(other, priority=0)  # waits in the heap behind the child
+        await done
+        order.append("parent goes on")
+
+    await asyncio.wait_for(await q.submit(parent, priority=10), 10)
+    await settled(q)
+    assert order == ["child", "parent goes on", "other"]
+
+
+async def test_a_sync_parent_goes_on_in_its_childs_slot_before_the_next_task_in_the_heap(make_queue):
+    q = await make_queue(workers=1)
+    order: list[str] = []
+
+    def parent() -> None:
+        done = q.submit_blocking(order.append, "child", priority=10)
+        q.submit_blocking(order.append, "other", priority=0)
+        done.result(timeout=10)
+        order.append("parent goes on")
+
+    await asyncio.wait_for(await q.submit(parent, priority=10), 10)
+    await settled(q)
+    assert order == ["child", "parent goes on", "other"]
+
+
+async def test_a_resumption_held_back_for_a_slot_runs_in_the_handlers_own_context(make_queue):
+    # The child times out, but its thread keeps the one slot: the parent's
+    # resumption waits for it, then runs in the parent's context, where its
+    # next wait lends as the first did.
+    import contextvars
+
+    q = await make_queue(workers=1, retry=NO_RETRY)
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    release = threading.Event()
+
+    def stuck() -> str:
+        release.wait(10)
+        return "late"
+
+    async def quick() -> str:
+        return "quick"
+
+    async def parent() -> tuple[str, str]:
+        var.set("the parent's")
+        with pytest.raises(TimeoutError):
+            await (await q.submit(stuck, timeout=0.05))
+        seen = var.get()
+        return seen, await (await q.submit(quick))
+
+    handle = await q.submit(parent)
+    await wait_until(lambda: bool(q._sched._reclaimers))  # the parent waits for the stuck slot
+    release.set()
+    assert await asyncio.wait_for(handle, 10) == ("the parent's", "quick")
+    await settled(q)
+
+
+async def test_a_wait_that_times_out_goes_on_without_waiting_for_the_childs_slot(make_queue):
+    # The sync child cannot be stopped and keeps the one slot; the parent's
+    # own timeout on the wait ends the wait at once, and the parent ends
+    # while the child still runs.
+    q = await make_queue(workers=1, retry=NO_RETRY)
+    release = threading.Event()
+
+    def stuck() -> str:
+        release.wait(10)
+        return "late"
+
+    async def parent() -> str:
+        child = await q.submit(stuck)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(child, 0.05)
+        return "parent"
+
+    try:
+        assert await asyncio.wait_for(await q.submit(parent), 10) == "parent"
+        # The child was cancelled with the wait; its thread still holds the slot.
+        assert q.stats().busy_workers == 1
+    finally:
+        release.set()
+    await settled(q)
+
+
+async def test_an_interrupt_that_lands_as_the_slot_is_lent_still_gets_the_slot_back(make_queue, monkeypatch):
+    # interrupt_sync_handlers: the child cancels its waiting parent while
+    # the parent is still lending (made slow here); the interrupt, held back
+    # there, is raised as the lend returns, and the slot still comes back.
+    import time
+
+    from hybrid_queue._scheduler import Scheduler
+
+    lend = Scheduler.lend
+
+    def slow_lend(self: Scheduler, *args: Any) -> Any:
+        lent = lend(self, *args)
+        time.sleep(0.02)
+        return lent
+
+    monkeypatch.setattr(Scheduler, "lend", slow_lend)
+    for trial in range(5):
+        q = await make_queue(workers=1, interrupt_sync_handlers=True, retry=NO_RETRY)
+
+        def child(parent_id: str, q: HybridQueue = q) -> int:
+            q.cancel_task(parent_id)
+            return 1
+
+        def parent(parent_id: str, q: HybridQueue = q) -> int:
+            return q.submit_blocking(child, parent_id).result(timeout=10)
+
+        handle = await q.submit(parent, f"p{trial}", task_id=f"p{trial}")
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(handle, 10)
+        await settled(q)
+
+
+async def test_the_last_task_ending_while_its_parents_slot_is_out_wakes_a_draining_shutdown(make_queue):
+    # The parent goes on at gather's first failure and ends while the wait
+    # for its sync child still counts; the child ends around the same time.
+    # Whichever ends last, shutdown(wait=True) sees the queue idle.
+    import time
+
+    q = await make_queue(workers=2, retry=NO_RETRY)
+    first: list[Any] = []
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("first failure")
+
+    def slow() -> int:
+        time.sleep(0.03)
+        return 2
+
+    async def parent() -> None:
+        first.append(await q.submit(fails))
+        await asyncio.gather(first[0], await q.submit(slow))
+
+    async def busy_loop() -> None:
+        await wait_until(lambda: bool(first) and first[0].done())
+        time.sleep(0.05)  # noqa: ASYNC251 - the loop is held while the sync child ends on its thread
+
+    blocker = asyncio.create_task(busy_loop())
+    await q.submit(parent)
+    await wait_until(lambda: bool(first))
+    await asyncio.wait_for(q.shutdown(), 10)
+    await blocker
+    assert q.stats().running == 0 and q._sched._free == q.workers
+
+
+async def test_coroutine_handlers_see_the_context_the_queue_was_started_in(make_queue):
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    var.set("at start")
+    q = await make_queue(workers=2)
+    var.set("later, in the submitter")
+
+    async def read() -> str:
+        return var.get()
+
+    async def parent() -> list[str]:
+        return [var.get(), await (await q.submit(read))]
+
+    assert await asyncio.wait_for(await q.submit(parent), 10) == ["at start", "at start"]
