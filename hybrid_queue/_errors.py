@@ -45,7 +45,11 @@ class CallError(QueueError, TypeError):
 
 
 class UnknownTaskError(QueueError, KeyError):
-    """Raised when a task id was never submitted or its result was evicted."""
+    """Raised for a task id the queue does not know: never submitted, or its result is gone.
+
+    Gone: expired (``result_ttl``), evicted (``max_results``,
+    ``max_result_bytes``) or dropped by ``forget``.
+    """
 
     # KeyError.__str__ shows the repr of its argument; keep the message readable.
     def __str__(self) -> str:

@@ -20,7 +20,7 @@ class EventKind(enum.Enum):
     ``RETRY_SCHEDULED`` (an attempt failed and another comes after ``delay``),
     the three ends ``COMPLETED``, ``FAILED`` and ``CANCELLED``, and the two
     ways a stored result goes: ``EXPIRED`` (its ttl passed) and ``EVICTED``
-    (``max_results`` made room for a newer one).
+    (``max_results`` or ``max_result_bytes`` made room for a newer one).
     """
 
     SUBMITTED = "submitted"

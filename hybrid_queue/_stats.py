@@ -16,16 +16,19 @@ class QueueStats:
 
     - ``submitted``: tasks accepted since the queue was made.
     - ``pending``: tasks waiting in the heap for a worker (``queue_size`` is the same number).
-    - ``running``: tasks whose handler is running now.
+    - ``running``: tasks whose handler is running now, including handlers
+      that wait for a task of their own queue (they lend their slot meanwhile).
     - ``retrying``: tasks waiting out a retry delay; they hold no worker.
     - ``completed``, ``failed``, ``cancelled``: tasks that ended that way.
     - ``retries``: retry attempts scheduled, over all tasks.
     - ``workers``: how many handlers may run at once.
-    - ``busy_workers``: worker slots in use. It can exceed ``running`` while
-      an abandoned sync handler (cancelled or timed out) is still returning.
+    - ``busy_workers``: worker slots in use, at most ``workers``. It can
+      exceed ``running`` while an abandoned sync handler (cancelled or timed
+      out) is still returning, and be below it while handlers wait for tasks
+      of their own queue.
     - ``results_stored``: results in the result store now.
     - ``results_expired``, ``results_evicted``: results dropped by their ttl,
-      and by the ``max_results`` bound.
+      and to make room under the ``max_results`` or ``max_result_bytes`` bound.
     """
 
     submitted: int
