@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_example(name: str) -> str:
-    """Run examples/<name> with this interpreter; return its stdout. Fails on any stderr output."""
+def run_python(*args: str) -> str:
+    """Run this interpreter with ``args`` from the project's root; return its stdout. Fails on any stderr output."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, *args],
         cwd=EXAMPLES.parent,
         capture_output=True,
         text=True,
@@ -34,6 +34,11 @@ def run_example(name: str) -> str:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     return done.stdout
+
+
+def run_example(name: str) -> str:
+    """Run examples/<name> as a program; return its stdout. Fails on any stderr output."""
+    return run_python(str(EXAMPLES / name))
 
 
 def load_example(name: str) -> ModuleType:
@@ -127,18 +132,8 @@ def quick_start(title: str) -> str:
 
 
 def run_source(source: str) -> str:
-    """Run ``source`` as a program with this interpreter; return its stdout. Fails on any stderr output."""
-    done = subprocess.run(
-        [sys.executable, "-c", source],
-        cwd=EXAMPLES.parent,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stderr == ""
-    return done.stdout
+    """Run ``source`` as a program; return its stdout. Fails on any stderr output."""
+    return run_python("-c", source)
 
 
 def test_readme_async_quick_start_runs():
