@@ -4,9 +4,11 @@ Without this, ``workers`` handlers that each wait for a task they submitted
 hold every slot while those tasks wait in the heap for one: a deadlock,
 whatever ``workers`` is. A fork-join pool meets the same problem, and its
 waiting worker helps. Here a waiting handler lends its slot: the slot goes
-where a freed one would (the next task in the heap), and before the handler
-goes on it takes a slot back, the first one freed, ahead of any task in the
-heap (``Scheduler.lend`` and ``Scheduler.reclaim``).
+where a freed one would (the next task in the heap). When the task it waits
+for ends, that task's slot is kept for it (``record._lender``, see
+``Scheduler.finish``); a wait that ended some other way takes the first
+slot freed; either way ahead of any task in the heap (``Scheduler.lend``
+and ``Scheduler.reclaim``).
 
 The rule this keeps: at most ``workers`` handlers hold a slot, and a handler
 that is not waiting for a task of its queue holds one. A handler that waits
@@ -21,10 +23,11 @@ How a wait is seen:
   while the worker runs a handler, counts one wait of the holder's
   current ``_Loan``: the first wait lends the slot; the callback is wrapped,
   and the wrapper that ends the last wait takes a slot back before it calls
-  the callback that resumes the handler (or holds the call back until a
-  slot is free). A callback removed before it ran (``asyncio.wait`` that
-  returned early, a timeout, ``shield``) ends its wait as well; the handler
-  is running by then, so it takes back the first slot that is free.
+  the callback that resumes the handler (or holds the call back, to run in
+  its own context, until a slot is free). A callback removed before it ran
+  (``asyncio.wait`` that returned early, a timeout, ``shield``), or one
+  whose handle was cancelled, ends its wait at once: the handler goes on,
+  and takes back the first slot that is free.
 - sync handlers: ``TaskFuture.result()`` and ``exception()`` on a worker
   thread of the same queue lend the slot for the blocking wait; the queue's
   own pool may start one more thread meanwhile, so that a sync task that
@@ -32,9 +35,12 @@ How a wait is seen:
 
 Where the rule bends, and why: a handler that goes on before the tasks it
 waited for have all ended (``gather`` that raised the first failure,
-``asyncio.wait(..., FIRST_COMPLETED)``, a timeout) runs beside the task its
-slot went to until a slot is free again; and a task a handler started that
-waits while the handler runs on counts as the handler waiting.
+``asyncio.wait(..., FIRST_COMPLETED)``, a cancelled or timed-out wait) runs
+beside the task its slot went to until a slot is free again, so that it can
+unwind without waiting for a stuck child; and a task a handler started
+that waits while its worker runs that handler or a later one counts as
+that handler waiting (telling them apart costs a ContextVar switch per
+task).
 """
 
 from __future__ import annotations
