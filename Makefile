@@ -40,7 +40,8 @@ lint: $(STAMP_TEST)
 # awaited coroutines, calls from the wrong thread); the memory tests, which
 # push 200,000-task bursts, only once.
 DEBUG_TESTS := tests/test_priority.py tests/test_concurrency.py tests/test_tasks.py tests/test_retries.py \
-	tests/test_cancellation.py tests/test_timeouts.py tests/test_results.py tests/test_shutdown.py tests/test_nesting.py
+	tests/test_cancellation.py tests/test_timeouts.py tests/test_results.py tests/test_shutdown.py tests/test_nesting.py \
+	tests/test_delayed.py tests/test_keys.py tests/test_periodic.py tests/test_aging.py
 
 # Every async test runs on the asyncio loop and on uvloop (see tests/conftest.py).
 test: $(STAMP_TEST) lint

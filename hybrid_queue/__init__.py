@@ -19,8 +19,10 @@ from ._errors import UnknownTaskError as UnknownTaskError
 from ._events import EventKind as EventKind
 from ._events import TaskEvent as TaskEvent
 from ._interrupt import TaskInterrupted as TaskInterrupted
+from ._periodic import Schedule as Schedule
 from ._queue import HybridQueue as HybridQueue
 from ._retry import RetryPolicy as RetryPolicy
+from ._stats import KeyStats as KeyStats
 from ._stats import QueueStats as QueueStats
 from ._task import TaskFuture as TaskFuture
 from ._task import TaskHandle as TaskHandle
@@ -40,11 +42,13 @@ __all__ = (
     "DuplicateTaskError",
     "EventKind",
     "HybridQueue",
+    "KeyStats",
     "QueueError",
     "QueueFull",
     "QueueShutDown",
     "QueueStats",
     "RetryPolicy",
+    "Schedule",
     "TaskContext",
     "TaskEvent",
     "TaskFuture",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from ._errors import refusal
 from ._events import EventKind
 from ._lifecycle import Lifecycle
-from ._state import NOTHING, SchedulerState
+from ._state import NOTHING, SCHEDULED, SchedulerState
 from ._task import Record
 
 __all__ = ["Admission"]
@@ -21,14 +21,22 @@ __all__ = ["Admission"]
 class Admission(SchedulerState):
     """Accepting tasks into the heap: ``add``, ``add_many``, the wait for room, and the end of accepting."""
 
-    def add(self, task: Record, loop: asyncio.AbstractEventLoop | None = None, block: bool = False) -> None:
+    def add(
+        self,
+        task: Record,
+        loop: asyncio.AbstractEventLoop | None = None,
+        block: bool = False,
+        due: float | None = None,
+    ) -> None:
         """Accept ``task`` into the heap, or raise without changing anything.
 
         Raises QueueShutDown, DuplicateTaskError, or QueueFull (when the heap
         is at ``max_queue_size`` and ``block`` is false; with ``block`` the
         calling thread waits for room, so never pass it on a loop thread).
         ``loop``: the caller's running loop, which its handle belongs to; the
-        queue binds to it if it has no loop yet.
+        queue binds to it if it has no loop yet. ``due``: a time of the
+        queue's clock before which the task must not start (SCHEDULED until
+        then, outside the bound of ``max_queue_size``).
         """
         refused = ""
         with self._guard():
@@ -41,7 +49,7 @@ class Admission(SchedulerState):
                 if task_id is not None and (task_id in self._live or self._stored_locked(task_id)):
                     refused = "duplicate"
                     break
-                if not self.max_queue_size or len(self._heap) < self.max_queue_size:
+                if not self.max_queue_size or due is not None or self._pending_locked() < self.max_queue_size:
                     break
                 if not block:
                     refused = "full"
@@ -54,7 +62,7 @@ class Admission(SchedulerState):
             if refused:
                 claimed = NOTHING
             else:
-                self._accept_locked(task, loop)
+                self._accept_locked(task, loop, due)
                 claimed = self._claim_locked() if self._free and self.life.claims else NOTHING
             dropped = self._take_dropped_locked() if self._dropped else None
         del dropped
@@ -76,7 +84,7 @@ class Admission(SchedulerState):
             bound = self.at_loop.loop
             if not self.life.accepts or (bound is not None and bound.is_closed()):
                 refused = "closed"
-            elif tasks and self.max_queue_size and len(self._heap) + len(tasks) > self.max_queue_size:
+            elif tasks and self.max_queue_size and self._pending_locked() + len(tasks) > self.max_queue_size:
                 refused = "full"
             else:
                 for task in tasks:
@@ -87,8 +95,9 @@ class Admission(SchedulerState):
         if claimed:
             self.launch(claimed)
 
-    def _accept_locked(self, task: Record, loop: asyncio.AbstractEventLoop | None) -> None:
-        # Into the heap and the live index; the caller claims free slots after.
+    def _accept_locked(self, task: Record, loop: asyncio.AbstractEventLoop | None, due: float | None = None) -> None:
+        # Into the heap (or its lane, or the timer heap until ``due``) and
+        # the live index; the caller claims free slots after.
         task_id = task._id
         if loop is not self.at_loop.loop:
             self._bind_locked(loop)
@@ -107,11 +116,18 @@ class Admission(SchedulerState):
                 self._dropped.append(self._store.discard(task_id))
                 if self._listeners.callbacks:
                     self._emit_locked(EventKind.EXPIRED, task_id, 0, self.clock())
-        task._ticket = self._heap.push(task._priority, task)
         self._live[task_id] = task
         self._submitted += 1
         if self._listeners.callbacks:
             self._emit_locked(EventKind.SUBMITTED, task_id, 0, self.clock())
+        if due is None and self._plain:  # no key in use, no aging: see Lanes.use_keys
+            task._ticket = self._heap.push(task._priority, task)
+        elif due is not None:
+            task._status = SCHEDULED
+            self._scheduled += 1
+            task._ticket = self._at_locked(task, due)
+        else:
+            self._enqueue_locked(task, self.clock())
 
     async def wait_for_room(self, loop: asyncio.AbstractEventLoop, room: int = 1) -> None:
         """Return once the heap has ``room`` places below its bound, or the queue stopped accepting.
@@ -119,7 +135,7 @@ class Admission(SchedulerState):
         On ``loop``, the caller's, which the queue binds to if it has none.
         """
         with self.lock:
-            if not self.life.accepts or len(self._heap) + room <= self.max_queue_size:
+            if not self.life.accepts or self._pending_locked() + room <= self.max_queue_size:
                 return
             self._bind_locked(loop)  # the wake-up comes through the bound loop
             waiter = loop.create_future()
@@ -145,11 +161,18 @@ class Admission(SchedulerState):
                 waiter.set_result(None)
 
     def stop_accepting(self) -> bool:
-        """Refuse further submits and wake every blocked submitter; False if already stopped."""
+        """Refuse further submits, end every schedule and wake every blocked submitter; False if already stopped."""
         with self.lock:
             if not self.life.accepts:
                 return False
             self.life.move(Lifecycle.DRAINING)
+            for schedule in self._schedules.values():
+                if schedule._ticket is not None:
+                    self._due.remove(schedule._ticket)
+                    schedule._ticket = None
+                schedule._removed = True
+                schedule._paused = False
+            self._schedules.clear()
             self._room.notify_all()
             if self._loop_putters:
                 self.at_loop.soon(self._wake_loop_putters)

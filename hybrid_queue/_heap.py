@@ -81,6 +81,18 @@ class PriorityHeap(Generic[T]):
                 return item
         return None
 
+    def first(self) -> int | None:
+        """The priority of the live item ``take`` would return next, or None when none is left."""
+        keys = self._keys
+        items = self._items
+        while keys:
+            key = keys[0]
+            if key in items:
+                # key = -priority * 2**64 + seq, with 0 <= seq < 2**64.
+                return -(key >> _SEQ_BITS)
+            heapq.heappop(keys)
+        return None
+
     def remove(self, ticket: int) -> None:
         """Drop the entry with ``ticket``; it must be live in this heap.
 

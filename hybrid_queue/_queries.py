@@ -85,6 +85,8 @@ class Queries(SchedulerState):
         with self.lock:
             if self._heap or self._free != self.workers:
                 return False
+            if self._due and (self._due_timer is None or self._due_posted):
+                return False  # the timer of what is scheduled is on its way to being armed
             if self._expiry_armed and self._expiry_timer is None:
                 return False  # the first _expire of a chain is on its way to the loop
             return all(t._timer is not None for t in self._live.values() if t._status is RETRY_WAIT)
@@ -94,7 +96,8 @@ class Queries(SchedulerState):
         with self.lock:
             return QueueStats(
                 submitted=self._submitted,
-                pending=len(self._heap),
+                scheduled=self._scheduled,
+                pending=self._pending_locked(),
                 running=self._running,
                 retrying=self._retrying,
                 completed=self._completed,

@@ -12,7 +12,8 @@ import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Sized
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Sized
+from datetime import datetime
 from typing import Any, TypeVar, TypeVarTuple, overload
 
 from ._background import LoopThread
@@ -24,11 +25,23 @@ from ._nesting import current_holder
 from ._pool import WorkerPool
 from ._retry import RetryPolicy
 from ._scheduler import Scheduler
+from ._scheduling import TimeAndKeys
 from ._shutdown import QueueLifetime
 from ._stats import QueueStats
 from ._store import ResultStore
 from ._task import ChildHandle, Task, TaskFuture, TaskHandle, TaskId, TaskResult, TaskStatus, fill_record
-from ._validate import check_bool, check_int, check_max_retries, check_task_id, check_timeout, is_coroutine_function
+from ._validate import (
+    check_bool,
+    check_delay,
+    check_int,
+    check_key,
+    check_max_retries,
+    check_moment,
+    check_rate,
+    check_task_id,
+    check_timeout,
+    is_coroutine_function,
+)
 from ._workers import Runner
 
 __all__ = ["HybridQueue"]
@@ -39,8 +52,13 @@ Ts = TypeVarTuple("Ts")
 
 logger = logging.getLogger("hybrid_queue")
 
+# A float not_before further ahead than this is taken for a mistake: a
+# time.time() reading passed where a queue.time() one was meant.
+_YEAR = 365.25 * 86400
+_DECADE = 10 * _YEAR
 
-class HybridQueue(QueueLifetime):
+
+class HybridQueue(QueueLifetime, TimeAndKeys):
     """One priority queue for coroutine handlers and sync handlers.
 
     ``workers`` handlers (of both kinds together) run at once. Higher
@@ -61,7 +79,12 @@ class HybridQueue(QueueLifetime):
     ``interrupt_sync_handlers=True``, a sync handler on a thread pool whose
     task is cancelled or times out is interrupted: :class:`TaskInterrupted`
     is raised in its thread (pure-Python code only; C calls and blocking
-    system calls are not stopped until they return).
+    system calls are not stopped until they return). ``aging``: seconds of
+    waiting worth one step of priority (None: off, the order is by
+    priority then submission); with it, no task starts before a waiting
+    one of at most ``d`` steps less priority that was submitted ``d *
+    aging`` seconds or more before it, so a low priority task cannot starve
+    under a stream of higher ones.
 
     Construct it in any thread. Unless stated otherwise, ``async`` methods
     must be awaited on the loop the queue runs on, and the other methods are
@@ -81,6 +104,7 @@ class HybridQueue(QueueLifetime):
         clock: Clock | None = None,
         unwind_grace: float = 5.0,
         interrupt_sync_handlers: bool = False,
+        aging: float | None = None,
     ) -> None:
         check_int("workers", workers, minimum=1)
         check_int("max_queue_size", max_queue_size, minimum=0)
@@ -91,6 +115,8 @@ class HybridQueue(QueueLifetime):
         assert ttl is not None
         grace = check_timeout("unwind_grace", unwind_grace, optional=False)
         assert grace is not None
+        if aging is not None:
+            aging = check_rate("aging", aging)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         factory: Callable[[], concurrent.futures.Executor] | None = None
@@ -120,6 +146,7 @@ class HybridQueue(QueueLifetime):
             policy=self._policy,
             store=ResultStore(ttl, max_results, max_bytes=max_result_bytes),
             clock=clock,
+            aging=aging,
         )
         if check_bool("interrupt_sync_handlers", interrupt_sync_handlers):
             arm()  # from now on the queue methods a handler may call are shielded
@@ -163,6 +190,9 @@ class HybridQueue(QueueLifetime):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
+        key: Hashable | None = None,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -177,6 +207,9 @@ class HybridQueue(QueueLifetime):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
+        key: Hashable | None = None,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -192,6 +225,9 @@ class HybridQueue(QueueLifetime):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
+        key: Hashable | None = None,
         **kwargs: Any,
     ) -> TaskHandle[Any]:
         """Queue ``fn(*args, **kwargs)`` and return its handle; waits for room in a full bounded queue.
@@ -205,7 +241,18 @@ class HybridQueue(QueueLifetime):
         waiting) but not into the result store, for callers that await the
         handle and never look the task up again.
 
-        The five option names are keyword-only and taken by the queue; to
+        ``delay``: start no sooner than this many seconds from now;
+        ``not_before``: no sooner than this moment, a timezone-aware
+        ``datetime`` (wall-clock time, as appointments are set) or a time of
+        the queue's clock (``queue.time() + seconds``: monotonic, it does not
+        move when the system clock is set). Until then the task is
+        SCHEDULED: it holds no worker and is outside ``max_queue_size``; then
+        it queues by its priority. Shutdown cancels tasks still scheduled.
+        ``key``: the task waits for its key's limits and turn (see ``limit``
+        and ``pause_key``); keys with waiting tasks take turns within a
+        priority, and tasks without a key share one turn.
+
+        The eight option names are keyword-only and taken by the queue; to
         pass a keyword argument of the same name to the handler, bind it
         first: ``submit(functools.partial(fn, priority=p))``.
 
@@ -213,11 +260,16 @@ class HybridQueue(QueueLifetime):
         ``task_id`` in use, TypeError/ValueError for bad arguments. Loop thread.
         """
         is_coro, max_retries, timeout = self._check("submit", fn, priority, task_id, max_retries, timeout, keep_result)
+        due = None
+        if key is not None or delay is not None or not_before is not None:
+            due = self._check_when(key, delay, not_before)
         loop = self._caller_loop("submit")
         handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout, keep_result)
+        if key is not None:
+            handle._key = key
         while True:
             try:
-                self._sched.add(handle, loop)
+                self._sched.add(handle, loop, False, due)
             except QueueFull:
                 await self._sched.wait_for_room(loop)
             else:
@@ -234,6 +286,9 @@ class HybridQueue(QueueLifetime):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
+        key: Hashable | None = None,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -248,6 +303,9 @@ class HybridQueue(QueueLifetime):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
+        key: Hashable | None = None,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -263,15 +321,23 @@ class HybridQueue(QueueLifetime):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
+        key: Hashable | None = None,
         **kwargs: Any,
     ) -> TaskHandle[Any]:
         """As ``submit``, but raise QueueFull instead of waiting for room. Loop thread."""
         is_coro, max_retries, timeout = self._check(
             "submit_nowait", fn, priority, task_id, max_retries, timeout, keep_result
         )
+        due = None
+        if key is not None or delay is not None or not_before is not None:
+            due = self._check_when(key, delay, not_before)
         loop = self._caller_loop("submit_nowait")
         handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout, keep_result)
-        self._sched.add(handle, loop)
+        if key is not None:
+            handle._key = key
+        self._sched.add(handle, loop, False, due)
         return handle
 
     @overload
@@ -405,6 +471,9 @@ class HybridQueue(QueueLifetime):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
+        key: Hashable | None = None,
         **kwargs: Any,
     ) -> TaskFuture[T]: ...
 
@@ -419,6 +488,9 @@ class HybridQueue(QueueLifetime):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
+        key: Hashable | None = None,
         **kwargs: Any,
     ) -> TaskFuture[T]: ...
 
@@ -435,6 +507,9 @@ class HybridQueue(QueueLifetime):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
+        key: Hashable | None = None,
         **kwargs: Any,
     ) -> TaskFuture[Any]:
         """As ``submit``, for sync code: returns a ``concurrent.futures.Future``.
@@ -453,11 +528,14 @@ class HybridQueue(QueueLifetime):
         is_coro, max_retries, timeout = self._check(
             "submit_blocking", fn, priority, task_id, max_retries, timeout, keep_result
         )
-        task = Task(task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout, keep_result)
+        due = None
+        if key is not None or delay is not None or not_before is not None:
+            due = self._check_when(key, delay, not_before)
+        task = Task(task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout, keep_result, key)
         future: TaskFuture[Any] = TaskFuture(self)
         task._cfuture = future
         # On the thread of some other event loop, never block it: QueueFull instead.
-        self._sched.add(task, block=running is None)
+        self._sched.add(task, None, running is None, due)
         future.task_id = task._id
         return future
 
@@ -481,7 +559,7 @@ class HybridQueue(QueueLifetime):
         # All argument checks, before anything changes; returns whether fn is
         # a coroutine function, and the task's max_retries and timeout. The
         # usual case (same handler as last time, default options) takes the
-        # short branches.
+        # short branches; the options of time and keys are _check_when's.
         last_ref, last_is_coro = self._last_kind
         if last_ref is not None and last_ref() is fn:
             is_coro = last_is_coro
@@ -518,6 +596,44 @@ class HybridQueue(QueueLifetime):
         if keep_result is not True:  # the usual value, checked without a call
             check_bool("keep_result", keep_result)
         return is_coro, max_retries, timeout
+
+    def _check_when(
+        self, key: Hashable | None, delay: float | None, not_before: datetime | float | None
+    ) -> float | None:
+        # The checks of key, delay and not_before (after _check's, before
+        # anything changes); returns the time of the queue's clock the task
+        # is due at, None when that is now or past (it is queued at once).
+        due = None
+        if delay is not None or not_before is not None:
+            if delay is not None and not_before is not None:
+                raise TypeError("pass delay= (seconds from now) or not_before= (a moment), not both")
+            now = self._sched.clock()
+            if delay is not None:
+                due = now + check_delay("delay", delay)
+            elif isinstance(not_before, datetime):
+                if not_before.tzinfo is None or not_before.utcoffset() is None:
+                    raise ValueError(
+                        f"not_before must be a timezone-aware datetime, got the naive {not_before!r}; "
+                        "e.g. datetime.now(timezone.utc) + timedelta(minutes=10)"
+                    )
+                due = now + (not_before.timestamp() - self._sched.wall())
+            else:
+                due = check_moment("not_before", not_before)
+                if due - now > _DECADE:
+                    raise ValueError(
+                        f"not_before={not_before!r} is {(due - now) / _YEAR:.0f} years ahead on the queue's clock; "
+                        "a float not_before is a time of queue.time() (monotonic), not of time.time(): "
+                        "pass a timezone-aware datetime for a wall-clock moment, or delay= seconds"
+                    )
+            if due <= now:
+                due = None
+        if key is not None:
+            check_key(key)
+            if not self._sched._keyed:
+                # Every check passed: the heap holds lanes before this task
+                # is accepted (see Lanes.use_keys).
+                self._sched.use_keys()
+        return due
 
     def _handle(
         self,

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._admission import Admission
 from ._clock import TimerHandle
+from ._delays import Delays
 from ._errors import CallError
 from ._events import EventKind
 from ._interrupt import Interruptible
@@ -32,6 +34,7 @@ from ._state import (
     PENDING,
     RETRY_WAIT,
     RUNNING,
+    SCHEDULED,
     Claimed,
 )
 from ._task import Record, TaskHandle, TaskResult, TaskStatus
@@ -46,12 +49,13 @@ _new_tuple = tuple.__new__
 _EVENT_OF = {COMPLETED: EventKind.COMPLETED, FAILED: EventKind.FAILED, CANCELLED: EventKind.CANCELLED}
 
 
-class Scheduler(Admission, Queries):
+class Scheduler(Admission, Queries, Delays):
     """Owner of the heap, the live-task index, the result store and the counters.
 
-    The fields and the lock's invariant are in ``_state``; admission and
-    reads in their own modules; here, the task state machine: claim,
-    finish, lending, retries, timeouts, cancellation, shutdown and expiry.
+    The fields and the lock's invariant are in ``_state``; admission, reads,
+    keys (``_lanes``) and due times (``_delays``) in their own modules; here,
+    the task state machine: claim, finish, lending, retries, timeouts,
+    cancellation, shutdown and expiry.
 
     Thread-safe: every public method may be called from any thread, except
     those documented as loop-only.
@@ -66,6 +70,8 @@ class Scheduler(Admission, Queries):
             self.life.move(Lifecycle.RUNNING)
             claimed = self._claim_locked()
             arm = self._arm_expiry_locked()
+            if self._due:
+                self._rearm_locked()
         if arm:
             self.at_loop.now_or_soon(self._expire)
         if claimed:
@@ -77,7 +83,10 @@ class Scheduler(Admission, Queries):
             return NOTHING
         claimed: Claimed = []
         take = self._heap.take
+        keyed = self._keyed  # then the heap holds lanes (see _lanes)
         while self._free and (task := take()) is not None:
+            if keyed:
+                task = self._lane_take_locked(task, self.clock())
             self._free -= 1
             claimed.append((task, self._begin_locked(task)))
         if claimed and self.max_queue_size:
@@ -130,6 +139,9 @@ class Scheduler(Admission, Queries):
         grant: Callable[[], object] | None
         wake = more = False
         with self._guard():
+            if task._key is not None:
+                # Before the slot moves on: it may go to this key's next task.
+                self._lane_done_locked(task, now)
             if task._attempt == attempt and task._status is RUNNING:
                 self._running -= 1
                 timer, task._timer = task._timer, None
@@ -161,6 +173,8 @@ class Scheduler(Admission, Queries):
                 grant = None
                 nxt = self._heap.take() if hand_over and self.life.claims else None
                 if nxt is not None:
+                    if self._keyed:
+                        nxt = self._lane_take_locked(nxt, now)
                     nxt_attempt = self._begin_locked(nxt, now)
                     if self.max_queue_size:
                         self._room_freed_locked(1)
@@ -356,7 +370,10 @@ class Scheduler(Admission, Queries):
             task._timer = None
             task._status = PENDING
             self._retrying -= 1
-            task._ticket = self._heap.push(task._priority, task)
+            if self._plain:
+                task._ticket = self._heap.push(task._priority, task)
+            else:
+                self._enqueue_locked(task, self.clock())
             claimed = self._claim_locked() if self._free else NOTHING
         if claimed:
             self.launch(claimed)
@@ -405,9 +422,12 @@ class Scheduler(Admission, Queries):
         task._fn = None
         task._args = ()
         task._kwargs = None
-        # A task submitted from async code is its own handle.
+        # A task submitted from async code is its own handle; only the record
+        # of one submitted from sync code has a future (see TaskHandle).
         handle = task if isinstance(task, TaskHandle) else None
-        cfuture, task._cfuture = task._cfuture, None
+        cfuture = None
+        if handle is None:
+            cfuture, task._cfuture = task._cfuture, None
         try:
             if result.status is FAILED:
                 logger.warning("task %r failed after %d attempt(s): %r", task._id, task._attempt, result.error)
@@ -492,9 +512,15 @@ class Scheduler(Admission, Queries):
     ) -> tuple[Record, TaskStatus, int, TimerHandle | None, TaskResult[Any]]:
         state = task._status
         if state is PENDING:
-            self._heap.remove(task._ticket)
+            if self._keyed:
+                self._lane_remove_locked(task, now)
+            else:
+                self._heap.remove(task._ticket)
             if self.max_queue_size:
                 self._room_freed_locked(1)
+        elif state is SCHEDULED:
+            self._due.remove(task._ticket)
+            self._scheduled -= 1
         elif state is RETRY_WAIT:
             self._retrying -= 1
         else:
@@ -619,12 +645,16 @@ class Scheduler(Admission, Queries):
         with self.lock:
             timer, self._expiry_timer = self._expiry_timer, None
             self._expiry_armed = False
+            due_timer, self._due_timer = self._due_timer, None
+            self._due_at = math.inf
             # Stop the timer chain: _expire re-arms only while the queue claims.
             self._stopped_locked()
             idle = self._idle_waiters
             self._idle_waiters = []
         if timer is not None:
             timer.cancel()
+        if due_timer is not None:
+            due_timer.cancel()
         for waiter in idle:
             waiter.cancel()
 

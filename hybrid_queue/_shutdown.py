@@ -108,6 +108,8 @@ class QueueLifetime:
         - ``timeout``: after this many seconds of waiting, whatever is left is
           cancelled.
         - ``wait=False``: everything unfinished is cancelled at once.
+        - Either way, tasks scheduled for later (``delay``, ``not_before``)
+          are cancelled and every ``Schedule`` ends.
 
         Every handle and future is resolved when this returns. A running sync
         handler cannot be interrupted: a cancelled one is abandoned and its
@@ -121,6 +123,9 @@ class QueueLifetime:
         self._bind(loop)
         never_started = self._sched.life.state is Lifecycle.NEW
         self._sched.stop_accepting()
+        # What is scheduled for later does not hold shutdown until its time:
+        # cancelled, as the schedules end.
+        self._cancel(TaskStatus.SCHEDULED)
         if not wait or cancel_pending or never_started:
             # No new attempt either: a running task that fails now ends
             # FAILED, instead of a retry that would be cancelled at once.

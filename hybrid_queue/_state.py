@@ -11,6 +11,7 @@ cancellation, expiry). None of them has a lock of its own.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import deque
@@ -28,8 +29,13 @@ from ._retry import RetryPolicy
 from ._store import ResultStore
 from ._task import Record, TaskStatus
 
+if TYPE_CHECKING:
+    from ._lanes import Lane, Limit
+    from ._periodic import Schedule
+
 __all__ = ["NOTHING", "Claimed", "SchedulerState"]
 
+SCHEDULED = TaskStatus.SCHEDULED
 PENDING = TaskStatus.PENDING
 RUNNING = TaskStatus.RUNNING
 RETRY_WAIT = TaskStatus.RETRY_WAIT
@@ -54,22 +60,32 @@ class SchedulerState:
         policy: RetryPolicy,
         store: ResultStore,
         clock: Clock | None = None,
+        aging: float | None = None,
     ) -> None:
         self.policy = policy
         self.workers = workers
         # Time for timestamps, read on any thread; timers (retry, timeout,
         # expiry) on the loop's own clock unless another clock was given.
         self.clock: Callable[[], float] = time.monotonic if clock is None else clock.time
+        # Wall-clock time (seconds since the epoch), for not_before datetimes
+        # and cron rules: the clock's own if it keeps one (FakeClock does).
+        self.wall: Callable[[], float] = getattr(clock, "wall_time", time.time)
         self.max_queue_size = max_queue_size
         # Set by the queue before the first claim; called with no lock held.
         self.launch: Callable[[Claimed], None] = _unbound_launch
 
         # The one lock. Invariants, true whenever it is free:
-        # - a live task is in exactly one place: the heap (PENDING), a worker
-        #   slot (RUNNING) or a retry timer (RETRY_WAIT); _live maps the id of
+        # - a live task is in exactly one place: the timer heap _due
+        #   (SCHEDULED), the heap or its key's lane (PENDING), a worker slot
+        #   (RUNNING) or a retry timer (RETRY_WAIT); _live maps the id of
         #   every live task, and only live tasks, to its record;
-        # - submitted == len(_heap) + _running + _retrying + _completed
-        #   + _failed + _cancelled;
+        # - submitted == _scheduled + pending + _running + _retrying
+        #   + _completed + _failed + _cancelled, where pending is
+        #   len(_heap) until a key is used (_keyed), _waiting after;
+        # - until _keyed the heap holds tasks; after, it holds lanes (see
+        #   _lanes): each lane at most once, and exactly while it has a
+        #   waiting task and its limits let it start one now; a lane's
+        #   running counts the slots its tasks hold (claim to finish);
         # - _free + (slots held by workers) == workers, where a slot is held
         #   from the claim of a task until its holder reports back through
         #   finish(), even if the task was cancelled or timed out meanwhile,
@@ -77,6 +93,9 @@ class SchedulerState:
         #   slot is lent (see lend()) and held by whoever it went to;
         # - _reclaimers is empty unless _free == 0: a freed slot goes to the
         #   first handler waiting to take its slot back before the heap;
+        # - the timer on the loop (_due_timer) is armed for the earliest
+        #   entry of _due once the queue claims, or a call to arm it is on
+        #   its way (_due_posted);
         # - a terminal task is in no structure but the result store.
         # add() and finish(), which take it once per task from the loop and
         # from pool or submitting threads alike, take it through _guard();
@@ -84,7 +103,8 @@ class SchedulerState:
         self._locking = YieldingLock()
         self.lock = self._locking.lock
         self._guard = self._locking.guard
-        self._heap: PriorityHeap[Record] = PriorityHeap()
+        # Tasks; lanes instead once a key is used (see _lanes).
+        self._heap: PriorityHeap[Any] = PriorityHeap()
         self._live: dict[Hashable, Record] = {}
         self._cancels = 0  # tasks cancelled since _live was last copied (see _shrink_live_locked)
         self._store = store
@@ -100,6 +120,23 @@ class SchedulerState:
         self._submitted = self._running = self._retrying = 0
         self._completed = self._failed = self._cancelled = self._retries = 0
         self._expired = self._evicted = 0
+        # Due times (see _delays): tasks scheduled for later, schedules, held
+        # lanes, in one heap ordered by due time (in ns), and its one timer.
+        self._due: PriorityHeap[Any] = PriorityHeap()
+        self._scheduled = 0
+        self._due_timer: TimerHandle | None = None
+        self._due_at = math.inf  # when _due_timer fires; written on the loop thread
+        self._due_posted = False
+        self._schedules: dict[str, Schedule] = {}
+        # Keys (see _lanes). _plain: no key used and no aging, so a task goes
+        # straight into the heap at its own priority (the usual case, inlined).
+        self._aging = aging
+        self._plain = aging is None
+        self._keyed = False
+        self._lanes: dict[Hashable, Lane] = {}
+        self._waiting = 0  # tasks waiting in lanes
+        self._exact_limits: dict[Hashable, Limit] = {}
+        self._pattern_limits: list[tuple[str, Limit]] = []
         # Loop thread only: the task whose handler interrupt() is cancelling.
         self._interrupting: Record | None = None
         # Objects released under the lock, to be dropped after it. The result
@@ -215,9 +252,17 @@ class SchedulerState:
         """True in a forked child of the process that started this scheduler."""
         return self.life.state is Lifecycle.ORPHANED
 
+    def _pending_locked(self) -> int:
+        # Tasks waiting to start, wherever they wait (see the invariant).
+        return self._waiting if self._keyed else len(self._heap)
+
     if TYPE_CHECKING:  # the state machine's, in Scheduler
 
         def _claim_locked(self) -> Claimed: ...
+
+        def _at_locked(self, item: Any, when: float) -> int: ...
+
+        def _enqueue_locked(self, task: Record, now: float) -> None: ...
 
 
 def _unbound_launch(claimed: Claimed) -> None:

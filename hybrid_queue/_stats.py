@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass
 
-__all__ = ["QueueStats"]
+__all__ = ["KeyStats", "QueueStats"]
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """A consistent snapshot of a queue's counters, taken under its lock.
 
-    Every snapshot satisfies ``submitted == pending + running + retrying +
-    completed + failed + cancelled``.
+    Every snapshot satisfies ``submitted == scheduled + pending + running +
+    retrying + completed + failed + cancelled``.
 
     - ``submitted``: tasks accepted since the queue was made.
-    - ``pending``: tasks waiting in the heap for a worker (``queue_size`` is the same number).
+    - ``scheduled``: tasks submitted with ``delay`` or ``not_before`` whose
+      time has not come; they hold no worker and do not count toward
+      ``max_queue_size``.
+    - ``pending``: tasks waiting for a worker, or for their key's turn or
+      limit (``queue_size`` is the same number).
     - ``running``: tasks whose handler is running now, including handlers
       that wait for a task of their own queue (they lend their slot meanwhile).
     - ``retrying``: tasks waiting out a retry delay; they hold no worker.
@@ -32,6 +37,7 @@ class QueueStats:
     """
 
     submitted: int
+    scheduled: int
     pending: int
     running: int
     retrying: int
@@ -55,3 +61,26 @@ class QueueStats:
         d = asdict(self)
         d["queue_size"] = self.pending
         return d
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStats:
+    """A snapshot of one key's state (see ``HybridQueue.key_stats``), taken under the queue's lock.
+
+    - ``key``: the key.
+    - ``waiting``: its tasks waiting to start (pending).
+    - ``running``: worker slots its tasks hold now (at most ``concurrency``).
+    - ``paused_for``: seconds left of a ``pause_key``; 0.0 when not paused.
+    - ``tokens``: starts its rate allows at once now (the token bucket),
+      None without a rate.
+    - ``concurrency``, ``rate``, ``burst``: its limit (each None when not set).
+    """
+
+    key: Hashable
+    waiting: int
+    running: int
+    paused_for: float
+    tokens: float | None
+    concurrency: int | None
+    rate: float | None
+    burst: int | None

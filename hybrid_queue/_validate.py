@@ -16,7 +16,10 @@ __all__ = [
     "check_bool",
     "check_delay",
     "check_int",
+    "check_key",
     "check_max_retries",
+    "check_moment",
+    "check_rate",
     "check_task_id",
     "check_timeout",
     "is_coroutine_function",
@@ -110,3 +113,36 @@ def check_task_id(value: object) -> None:
         raise ValueError("task_id must not be empty; pass a non-empty id, or None for a generated one")
     if value != value:
         raise ValueError(f"task_id must equal itself to be found again, got {value!r}")
+
+
+def check_moment(name: str, value: object) -> float:
+    """A finite time of the queue's clock (a float ``not_before``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a timezone-aware datetime or a time of the queue's clock (queue.time() + seconds), "
+            f"got {value!r}"
+        )
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite time of the queue's clock, got {value!r}")
+    return float(value)
+
+
+def check_rate(name: str, value: object) -> float:
+    """A positive, finite number (a rate, an interval)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
+    return float(value)
+
+
+def check_key(value: object, name: str = "key") -> None:
+    """A key: a str, int, float, bytes, bool, UUID or a tuple of those, that equals itself."""
+    if not is_plain_id(value):
+        raise TypeError(
+            f"{name} must be a str, int, float, bytes, uuid.UUID or a tuple of those (keys are hashed under the "
+            f"queue's lock, where the __hash__/__eq__ of other types could call back into it), got "
+            f"{type(value).__qualname__} {value!r}; use str(your_key), e.g. a host name"
+        )
+    if value != value:
+        raise ValueError(f"{name} must equal itself to be found again, got {value!r}")

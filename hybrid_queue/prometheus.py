@@ -15,19 +15,25 @@ queues can share one registry. With the default namespace the series are:
 - counters ``hybrid_queue_tasks_{submitted,completed,failed,cancelled}_total``,
   ``hybrid_queue_task_retries_total`` and
   ``hybrid_queue_results_{expired,evicted}_total``;
-- gauges ``hybrid_queue_tasks_{pending,running,retrying}``,
+- gauges ``hybrid_queue_tasks_{scheduled,pending,running,retrying}``,
   ``hybrid_queue_workers``, ``hybrid_queue_workers_busy`` and
   ``hybrid_queue_results_stored``;
 - the histogram ``hybrid_queue_task_duration_seconds``, labelled
   ``status="completed"`` or ``"failed"``: first attempt's start to the end,
-  retry delays included (as ``TaskResult.duration_ms``).
+  retry delays included (as ``TaskResult.duration_ms``);
+- with ``keys=True``, per key (label ``key``, the key's ``str``): gauges
+  ``hybrid_queue_key_tasks_{waiting,running}`` and
+  ``hybrid_queue_key_paused_seconds`` (time left of a ``pause_key``), for
+  the keys the queue keeps state for (those with work, a pause or a bucket
+  refilling). Off by default: a crawl of a million hosts would be a
+  million series.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from types import TracebackType
 
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
@@ -35,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ._events import EventKind, TaskEvent
 from ._queue import HybridQueue
+from ._stats import KeyStats
 
 __all__ = ["QueueMetrics", "export_metrics"]
 
@@ -49,12 +56,19 @@ _COUNTERS = (
     ("results_evicted", "results_evicted", "Stored results dropped to keep at most max_results."),
 )
 _GAUGES = (
-    ("pending", "tasks_pending", "Tasks waiting for a worker."),
+    ("scheduled", "tasks_scheduled", "Tasks submitted with a delay whose time has not come (they hold no worker)."),
+    ("pending", "tasks_pending", "Tasks waiting for a worker, or for their key's turn or limit."),
     ("running", "tasks_running", "Tasks whose handler is running."),
     ("retrying", "tasks_retrying", "Tasks waiting out a retry delay (they hold no worker)."),
     ("workers", "workers", "How many handlers may run at once."),
     ("busy_workers", "workers_busy", "Worker slots in use, abandoned sync handlers still returning included."),
     ("results_stored", "results_stored", "Results in the result store."),
+)
+# (KeyStats field, metric name after the namespace, help text)
+_KEY_GAUGES = (
+    ("waiting", "key_tasks_waiting", "Tasks of the key waiting to start."),
+    ("running", "key_tasks_running", "Worker slots held by tasks of the key."),
+    ("paused_for", "key_paused_seconds", "Seconds left of the key's pause (pause_key); 0 when not paused."),
 )
 _OBSERVED = {EventKind.COMPLETED: "completed", EventKind.FAILED: "failed"}
 
@@ -71,6 +85,7 @@ class _Collector:
         self.buckets = buckets
         self.lock = threading.Lock()
         self.queues: dict[str, HybridQueue] = {}
+        self.with_keys: set[str] = set()  # names of the queues exported with keys=True
         # Not registered itself: collect() yields it with the rest.
         self.durations = Histogram(
             "task_duration_seconds",
@@ -83,15 +98,22 @@ class _Collector:
 
     def describe(self) -> Iterable[Metric]:
         # Lets the registry check for name clashes without reading any stats.
-        return self._families(())
+        return self._families((), ())
 
     def collect(self) -> Iterable[Metric]:
         with self.lock:
             queues = list(self.queues.items())
+            with_keys = set(self.with_keys)
         # stats() is a consistent snapshot; take it outside our lock.
-        return self._families([(name, q.stats().as_dict()) for name, q in queues])
+        snapshots = [(name, q.stats().as_dict()) for name, q in queues]
+        keys = [(name, q.key_stats()) for name, q in queues if name in with_keys]
+        return self._families(snapshots, keys)
 
-    def _families(self, snapshots: Sequence[tuple[str, dict[str, int]]]) -> Iterator[Metric]:
+    def _families(
+        self,
+        snapshots: Sequence[tuple[str, dict[str, int]]],
+        keys: Sequence[tuple[str, dict[Hashable, KeyStats]]],
+    ) -> Iterator[Metric]:
         prefix = f"{self.namespace}_" if self.namespace else ""
         for field, name, text in _COUNTERS:
             counter = CounterMetricFamily(prefix + name, text, labels=["queue"])
@@ -102,6 +124,12 @@ class _Collector:
             gauge = GaugeMetricFamily(prefix + name, text, labels=["queue"])
             for queue, stats in snapshots:
                 gauge.add_metric([queue], stats[field])
+            yield gauge
+        for field, name, text in _KEY_GAUGES:
+            gauge = GaugeMetricFamily(prefix + name, text, labels=["queue", "key"])
+            for queue, by_key in keys:
+                for key, key_stats in by_key.items():
+                    gauge.add_metric([queue, str(key)], getattr(key_stats, field))
             yield gauge
         yield from self.durations.collect()
 
@@ -150,6 +178,7 @@ class QueueMetrics:
         with _collectors_lock:
             with collector.lock:
                 del collector.queues[self.name]
+                collector.with_keys.discard(self.name)
                 empty = not collector.queues
             for status in _OBSERVED.values():
                 collector.durations.remove(self.name, status)
@@ -179,6 +208,7 @@ def export_metrics(
     namespace: str = "hybrid_queue",
     name: str = "default",
     buckets: Sequence[float] = Histogram.DEFAULT_BUCKETS,
+    keys: bool = False,
 ) -> QueueMetrics:
     """Export ``queue``'s statistics and task durations to ``registry`` (default: prometheus_client's).
 
@@ -187,6 +217,7 @@ def export_metrics(
     ``buckets``) is fed by a listener on the queue's events. Every series
     has the label ``queue=name``; queues sharing a registry and a namespace
     need distinct names (and the same ``buckets``), else ValueError.
+    ``keys=True`` adds the per-key gauges (see the module docstring).
     Returns a :class:`QueueMetrics`; its ``close()`` undoes this.
 
     Any thread, before or after the queue starts.
@@ -197,6 +228,8 @@ def export_metrics(
         raise ValueError(f"name must be a non-empty str (the queue label's value), got {name!r}")
     if not isinstance(namespace, str):
         raise TypeError(f"namespace must be a str, got {namespace!r}")
+    if keys is not True and keys is not False:
+        raise TypeError(f"keys must be True or False, got {keys!r}")
     registry = REGISTRY if registry is None else registry
     bounds = tuple(float(b) for b in buckets)
     with _collectors_lock:
@@ -219,6 +252,8 @@ def export_metrics(
                     f"{namespace!r}; pass another name= (or close() its QueueMetrics first)"
                 )
             collector.queues[name] = queue
+            if keys:
+                collector.with_keys.add(name)
         metrics = QueueMetrics(queue, name, registry, collector)
     queue.add_listener(metrics._listener)
     return metrics

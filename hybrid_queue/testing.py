@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -45,8 +46,10 @@ class _FakeTimer:
 class FakeClock:
     """A clock for a HybridQueue whose time moves only by ``advance`` or ``sleep``.
 
-    Pass it as ``HybridQueue(clock=...)``: retry delays, per-attempt timeouts
-    and the result ttl then all run on it, so a test of "fails twice, then
+    Pass it as ``HybridQueue(clock=...)``: retry delays, per-attempt timeouts,
+    the result ttl, delayed and periodic tasks and key rates then all run on
+    it (``wall``: the wall-clock time at ``start``, for cron rules and
+    ``not_before`` datetimes), so a test of "fails twice, then
     succeeds after backoff" or "the result expires after an hour" takes
     milliseconds. Handlers that sleep with asyncio or ``time.sleep`` still
     sleep for real.
@@ -56,9 +59,15 @@ class FakeClock:
     queue's own timers must.
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, wall: datetime | float = 0.0) -> None:
         self._lock = threading.Lock()  # guards _now, _timers, _queues
         self._now = float(start)
+        # Wall-clock time moves with the fake time: ``wall`` at ``start``.
+        if isinstance(wall, datetime):
+            if wall.tzinfo is None or wall.utcoffset() is None:
+                raise ValueError(f"wall must be a timezone-aware datetime or seconds since the epoch, got {wall!r}")
+            wall = wall.timestamp()
+        self._wall_offset = float(wall) - self._now
         self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._order = itertools.count()  # equal deadlines fire in arming order
         # Weak: a clock kept by a test fixture must not keep its queues alive.
@@ -67,6 +76,14 @@ class FakeClock:
     def time(self) -> float:
         """The fake time in seconds. Any thread."""
         return self._now
+
+    def wall_time(self) -> float:
+        """The fake wall-clock time, in seconds since the epoch (``wall`` at ``start``). Any thread.
+
+        What a ``not_before`` datetime and a ``cron`` schedule of a queue on
+        this clock are measured against.
+        """
+        return self._now + self._wall_offset
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> _FakeTimer:
         """Arm a timer ``delay`` fake seconds from now. The queue calls this on its loop thread."""

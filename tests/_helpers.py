@@ -40,7 +40,7 @@ ONE_LOOP = pytest.mark.asyncio(loop_factories=["asyncio"])
 
 
 def assert_stats_identity(s: QueueStats) -> None:
-    assert s.submitted == s.pending + s.running + s.retrying + s.completed + s.failed + s.cancelled, s
+    assert s.submitted == s.scheduled + s.pending + s.running + s.retrying + s.completed + s.failed + s.cancelled, s
 
 
 def assert_identity(q: HybridQueue) -> None:
@@ -54,7 +54,7 @@ def assert_nothing_lost(
     futures = list(futures)
     assert all(f.done() for f in futures), [f for f in futures if not f.done()]
     s = q.stats()
-    assert (s.pending, s.running, s.retrying) == (0, 0, 0), s
+    assert (s.scheduled, s.pending, s.running, s.retrying) == (0, 0, 0, 0), s
     assert s.completed + s.failed + s.cancelled == s.submitted, s
     assert_identity(q)
 

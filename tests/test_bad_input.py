@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from hybrid_queue import (
     DuplicateTaskError,
     HybridQueue,
+    KeyStats,
     QueueFull,
     QueueShutDown,
     RetryPolicy,
@@ -65,6 +68,11 @@ async def noop(value: Any = None) -> Any:
             {"result_ttl": "x"}, TypeError, r"^result_ttl must be a number of seconds, got 'x'$", id="result_ttl='x'"
         ),
         pytest.param({"retry": "x"}, TypeError, r"^retry must be a RetryPolicy or None, got 'x'$", id="retry='x'"),
+        pytest.param({"aging": 0}, ValueError, r"^aging must be a positive, finite number, got 0$", id="aging=0"),
+        pytest.param(
+            {"aging": math.inf}, ValueError, r"^aging must be a positive, finite number, got inf$", id="aging=inf"
+        ),
+        pytest.param({"aging": "1"}, TypeError, r"^aging must be a positive number, got '1'$", id="aging='1'"),
         pytest.param(
             {"executor": object()},
             TypeError,
@@ -226,6 +234,9 @@ PRIORITY = r"^priority must be an int \(higher runs first\), got "
 TIMEOUT = r"^timeout must be > 0 seconds or None, got "
 DUPLICATE = r"^task_id '{}' is already in use by a live task or a stored result"
 SHUT_DOWN = r"^the queue has begun shutting down and accepts no new tasks"
+DELAY = r"^delay must be a finite number >= 0, got "
+KEY = r"^key must be a str, int, float, bytes, uuid\.UUID or a tuple of those \(keys are hashed .*got "
+RATE = r"^rate must be a positive, finite number, got "
 OTHER_LOOP = r"^this HybridQueue is bound to another event loop"
 UNKNOWN = r"^no task with id 'nope': it was never submitted"
 
@@ -422,6 +433,113 @@ CASES = [
     Bad(
         "submit_many-empty-after-shutdown", lambda q: q.submit_many(noop, []), QueueShutDown, SHUT_DOWN, setup="stopped"
     ),
+    # --- time: delay and not_before
+    Bad("delay-negative", lambda q: q.submit(noop, task_id="new", delay=-1), ValueError, DELAY + r"-1$"),
+    Bad("delay-nan", lambda q: q.submit(noop, task_id="new", delay=math.nan), ValueError, DELAY + r"nan$"),
+    Bad("delay-inf", call_sync(lambda q: q.submit_nowait(noop, task_id="new", delay=math.inf)), ValueError, DELAY),
+    Bad(
+        "delay-str",
+        in_thread(lambda q: q.submit_blocking(noop, task_id="new", delay="5")),
+        TypeError,
+        r"^delay must be a number of seconds, got '5'$",
+    ),
+    Bad(
+        "delay-and-not_before",
+        lambda q: q.submit(noop, task_id="new", delay=1, not_before=q.time() + 1),
+        TypeError,
+        r"^pass delay= \(seconds from now\) or not_before= \(a moment\), not both$",
+    ),
+    Bad(
+        "not_before-naive",
+        lambda q: q.submit(noop, task_id="new", not_before=datetime(2030, 1, 1)),
+        ValueError,
+        r"^not_before must be a timezone-aware datetime, got the naive ",
+    ),
+    Bad(
+        "not_before-str",
+        lambda q: q.submit(noop, task_id="new", not_before="tomorrow"),
+        TypeError,
+        r"^not_before must be a timezone-aware datetime or a time of the queue's clock",
+    ),
+    Bad(
+        "not_before-nan",
+        lambda q: q.submit(noop, task_id="new", not_before=math.nan),
+        ValueError,
+        r"^not_before must be a finite time of the queue's clock, got nan$",
+    ),
+    Bad(
+        "not_before-wall-float",
+        lambda q: q.submit(noop, task_id="new", not_before=time.time() + 60),
+        ValueError,
+        r"^not_before=.* years ahead on the queue's clock; a float not_before is a time of queue\.time\(\)",
+    ),
+    # --- keys and limits
+    Bad("key-list", lambda q: q.submit(noop, task_id="new", key=["a"]), TypeError, KEY + r"list \['a'\]"),
+    Bad("key-own-hash", lambda q: q.submit(noop, task_id="new", key=OwnHash()), TypeError, KEY + r"OwnHash"),
+    Bad(
+        "key-nan",
+        in_thread(lambda q: q.submit_blocking(noop, task_id="new", key=math.nan)),
+        ValueError,
+        r"^key must equal itself to be found again, got nan$",
+    ),
+    Bad(
+        "limit-concurrency-0",
+        call_sync(lambda q: q.limit("h", concurrency=0)),
+        ValueError,
+        r"^concurrency must be >= 1, got 0$",
+    ),
+    Bad("limit-rate-0", call_sync(lambda q: q.limit("h", rate=0)), ValueError, RATE + r"0$"),
+    Bad("limit-rate-negative", call_sync(lambda q: q.limit("h", rate=-2.5)), ValueError, RATE + r"-2\.5$"),
+    Bad("limit-rate-nan", call_sync(lambda q: q.limit("h", rate=math.nan)), ValueError, RATE + r"nan$"),
+    Bad("limit-rate-inf", call_sync(lambda q: q.limit("h", rate=math.inf)), ValueError, RATE + r"inf$"),
+    Bad(
+        "limit-rate-str",
+        call_sync(lambda q: q.limit("h", rate="10/s")),
+        TypeError,
+        r"^rate must be a positive number, got '10/s'$",
+    ),
+    Bad(
+        "limit-burst-0", call_sync(lambda q: q.limit("h", rate=1, burst=0)), ValueError, r"^burst must be >= 1, got 0$"
+    ),
+    Bad(
+        "limit-burst-without-rate",
+        call_sync(lambda q: q.limit("h", concurrency=2, burst=5)),
+        ValueError,
+        r"^burst=5 needs a rate= ",
+    ),
+    Bad(
+        "limit-key-and-pattern",
+        call_sync(lambda q: q.limit("h", pattern="*.h", rate=1)),
+        TypeError,
+        r"^limit\(\) takes a key, or pattern= ",
+    ),
+    Bad("limit-neither", call_sync(lambda q: q.limit(rate=1)), TypeError, r"^limit\(\) takes a key, or pattern= "),
+    Bad("limit-key-dict", call_sync(lambda q: q.limit({"h": 1}, rate=1)), TypeError, KEY + r"dict"),
+    Bad(
+        "pause_key-negative",
+        call_sync(lambda q: q.pause_key("h", -1)),
+        ValueError,
+        r"^seconds must be a finite number >= 0, got -1$",
+    ),
+    Bad(
+        "pause_key-nan",
+        call_sync(lambda q: q.pause_key("h", math.nan)),
+        ValueError,
+        r"^seconds must be a finite number >= 0, got nan$",
+    ),
+    Bad("pause_key-key-set", call_sync(lambda q: q.pause_key({"h"}, 1)), TypeError, KEY + r"set"),
+    Bad(
+        "cron-bad-expression",
+        call_sync(lambda q: q.cron("61 * * * *", noop)),
+        ValueError,
+        r"^expr '61 \* \* \* \*' is not a valid cron expression: ",
+    ),
+    Bad(
+        "every-nan",
+        call_sync(lambda q: q.every(math.nan, noop)),
+        ValueError,
+        r"^interval must be a positive, finite number, got nan$",
+    ),
     # --- after shutdown
     Bad("submit-after-shutdown", lambda q: q.submit(noop, task_id="new"), QueueShutDown, SHUT_DOWN, setup="stopped"),
     Bad(
@@ -460,11 +578,14 @@ async def test_bad_call_raises_and_changes_nothing(make_queue, case):
     q = await SETUPS[case.setup](make_queue)
     before = q.stats()
     statuses = {tid: q.status(tid) for tid in ("done", "held-1", "held-2") if _known(q, tid)}
+    keys, schedules = q.key_stats(), q.schedules()
 
     with pytest.raises(case.exc, match=case.match):
         await case.call(q)
 
     assert q.stats() == before
+    assert (q.key_stats(), q.schedules()) == (keys, schedules)
+    assert q.key_stats("h") == KeyStats("h", 0, 0, 0.0, None, None, None, None)
     assert {tid: q.status(tid) for tid in statuses} == statuses
     if case.new_id is not None:
         with pytest.raises(UnknownTaskError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
 import os
 import subprocess
@@ -662,7 +663,8 @@ def process_pool() -> Iterator[concurrent.futures.ProcessPoolExecutor]:
 async def test_process_pool_runs_handlers_with_args_and_kwargs(make_queue, process_pool):
     q = await make_queue(2, executor=process_pool)
     handles = [await q.submit(double, i) for i in range(6)]
-    handles.append(await q.submit(describe, 7, key="k", priority=5))  # priority: the queue's own option
+    # priority and key: the queue's own options; key reaches the handler bound with partial.
+    handles.append(await q.submit(functools.partial(describe, key="k"), 7, priority=5))
     results = await asyncio.gather(*handles)
     assert results[:6] == [0, 2, 4, 6, 8, 10]
     assert results[6] == "7 key=k priority=0 retries=0 pure=True"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,8 +93,9 @@ def dask_pool(dask_client) -> Iterator[DaskExecutor]:
 async def test_dask_runs_handlers_and_keeps_their_keyword_arguments(make_queue, dask_pool):
     q = await make_queue(2, executor=dask_pool)
     handles = [await q.submit(double, i) for i in range(6)]
-    # key, retries and pure are Client.submit options: they must reach the handler instead.
-    handles.append(await q.submit(describe, 7, key="k", retries=2, pure=False))
+    # key, retries and pure are Client.submit options: they must reach the handler instead
+    # (key is the queue's own option too: bound with partial, as its docstring says).
+    handles.append(await q.submit(functools.partial(describe, key="k"), 7, retries=2, pure=False))
     results = await asyncio.gather(*handles)
     assert results == [0, 2, 4, 6, 8, 10, "7 key=k priority=0 retries=2 pure=False"]
 

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from hybrid_queue import RetryPolicy
 from hybrid_queue.prometheus import export_metrics
+from hybrid_queue.testing import FakeClock
 
 FAST_RETRY = RetryPolicy(max_retries=2, base_delay=0.001, max_delay=0.001)
 
@@ -157,3 +158,33 @@ def test_bad_arguments_are_refused():
 def test_the_core_never_imports_prometheus_client():
     code = "import sys, hybrid_queue; assert 'prometheus_client' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+async def test_scheduled_tasks_and_per_key_gauges(make_queue):
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    q = await make_queue(1, clock=clock)
+    export_metrics(q, registry=registry, name="crawl", keys=True)
+    plain = CollectorRegistry()
+    export_metrics(q, registry=plain, name="crawl")
+
+    async def job():
+        pass
+
+    scheduled = [await q.submit(job, delay=60) for _ in range(2)]
+    q.limit("slow.example", concurrency=1)
+    q.pause_key("slow.example", 30)
+    waiting = [await q.submit(job, key="slow.example") for _ in range(3)]
+    assert sample(registry, "hybrid_queue_tasks_scheduled", "crawl") == 2
+    assert sample(registry, "hybrid_queue_tasks_pending", "crawl") == 3
+    key = {"key": "slow.example"}
+    assert sample(registry, "hybrid_queue_key_tasks_waiting", "crawl", **key) == 3
+    assert sample(registry, "hybrid_queue_key_tasks_running", "crawl", **key) == 0
+    assert sample(registry, "hybrid_queue_key_paused_seconds", "crawl", **key) == 30.0
+    # Without keys=True: no series per key (a crawl of many hosts would be many series).
+    assert sample(plain, "hybrid_queue_key_tasks_waiting", "crawl", **key) is None
+    assert sample(plain, "hybrid_queue_tasks_scheduled", "crawl") == 2
+    await clock.sleep(60)
+    await asyncio.gather(*scheduled, *waiting)
+    assert sample(registry, "hybrid_queue_tasks_scheduled", "crawl") == 0
+    assert sample(registry, "hybrid_queue_key_tasks_waiting", "crawl", **key) is None  # an idle key is forgotten
