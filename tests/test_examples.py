@@ -71,6 +71,22 @@ def test_threaded_completes_every_submission():
     assert "100 distinct digests" in out
 
 
+def test_crawler_fetches_every_page_and_pauses_the_throttled_host():
+    out = run_example("crawler.py")
+    assert "docs.example.com: 12/12 pages, 12 requests, 0 x 429" in out
+    assert "shop.example.com: 12/12 pages, 13 requests, 1 x 429" in out
+    assert "archive.example.org: 6/6 pages, 6 requests, 0 x 429" in out
+    assert re.search(r"^30 pages in [\d.]+ s; retries: 1$", out, re.MULTILINE), out
+
+
+def test_periodic_runs_its_schedules_and_ends_them_at_shutdown():
+    out = run_example("periodic.py")
+    runs = dict(re.findall(r"^(\w+): (\d+) runs, \d+ skipped, \d+ missed, removed=True$", out, re.MULTILINE))
+    assert set(runs) == {"heartbeat", "slow", "report"}, out
+    assert int(runs["heartbeat"]) >= 4 and int(runs["slow"]) >= 2, out
+    assert "report: next run at " in out
+
+
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     app = load_example("fastapi_app").app
@@ -146,3 +162,13 @@ def test_readme_async_quick_start_runs():
 
 def test_readme_sync_quick_start_runs():
     assert run_source(quick_start("sync")) == "['a.png', 'b.png']\n"
+
+
+def test_readme_keys_quick_start_runs():
+    assert run_source(quick_start("keys")) == "[200, 200, 200, 200, 200, 200] 1\n"
+
+
+def test_readme_periodic_quick_start_runs():
+    lines = run_source(quick_start("periodic")).splitlines()
+    runs = int(lines[-1].removesuffix(" runs"))
+    assert runs == lines.count("tick") >= 1

@@ -9,9 +9,11 @@ to accept fails the check.
 from __future__ import annotations
 
 import functools
+from collections.abc import Hashable
+from datetime import datetime
 from typing import assert_type
 
-from hybrid_queue import HybridQueue, TaskFuture, TaskHandle, TaskId
+from hybrid_queue import HybridQueue, KeyStats, Schedule, TaskFuture, TaskHandle, TaskId
 
 
 async def fetch(url: str, retries: int = 0) -> bytes:
@@ -43,6 +45,15 @@ async def main(queue: HybridQueue) -> None:
     assert_type(await queue.submit_many(fetch, ["a", "b"]), list[TaskHandle[bytes]])
     assert_type(await queue.submit_many(parse, [b"x"], priority=2), list[TaskHandle[int]])
     assert_type(await queue.submit_many(fetch, ["a"], [1]), list[TaskHandle[bytes]])
+
+    # Time and keys: the same handle types; a schedule, key stats.
+    assert_type(await queue.submit(fetch, "u", delay=1.5, key="example.org"), TaskHandle[bytes])
+    assert_type(queue.submit_blocking(parse, b"x", not_before=queue.time() + 60), TaskFuture[int])
+    assert_type(queue.every(60, parse, b"x"), Schedule)
+    assert_type(queue.cron("0 2 * * *", fetch, "u", tz="Europe/Paris").next_run_at, datetime | None)
+    assert_type(queue.key_stats("example.org"), KeyStats)
+    assert_type(queue.key_stats(), dict[Hashable, KeyStats])
+    queue.limit("example.org", concurrency="4")  # type: ignore[arg-type]
 
     # Wrong calls: argument types, argument counts, option types.
     await queue.submit_many(fetch, [1, 2])  # type: ignore[arg-type]
