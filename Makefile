@@ -89,7 +89,7 @@ soak: $(STAMP_TEST)
 reliability: $(STAMP_TEST)
 	$(BIN)/python tools/reliability.py $(if $(SLOW),--slow,)
 
-# The main run: about 2 minutes on 2 cores (one loop kind, 5 rounds of 50,000
+# The main run: about 2.5 minutes on 2 cores (one loop kind, 5 rounds of 50,000
 # tasks, 10^5 soaks; no scale_out). bench-full: every group, both loop kinds,
 # 10^6 soaks and depths, 15 minutes or more. Both pass BENCH_ARGS on.
 bench: $(STAMP_BENCH)

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from hybrid_queue import HybridQueue
 from hybrid_queue.testing import FakeClock
 
+pytestmark = pytest.mark.timing
+
 
 async def test_without_aging_an_old_low_task_waits_for_every_higher_one(make_queue):
     clock = FakeClock()

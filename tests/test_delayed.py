@@ -13,6 +13,8 @@ from _helpers import FAST, assert_identity, assert_nothing_lost
 from hybrid_queue import EventKind, TaskStatus
 from hybrid_queue.testing import FakeClock
 
+pytestmark = pytest.mark.timing
+
 
 async def test_a_delayed_task_is_scheduled_holds_no_worker_and_starts_at_its_due_time(make_queue):
     clock = FakeClock(start=100.0)

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from hybrid_queue import HybridQueue, KeyStats, TaskStatus
 from hybrid_queue.testing import FakeClock
 
+pytestmark = pytest.mark.timing
+
 
 class Recorder:
     """Handlers that record, per key, the fake time each starts and how many of the key run at once."""

@@ -29,6 +29,8 @@ from hybrid_queue.testing import FakeClock
 
 NY = ZoneInfo("America/New_York")
 
+pytestmark = pytest.mark.timing
+
 
 async def noop() -> None:
     pass

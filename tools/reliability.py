@@ -47,6 +47,9 @@ MARKERS = {
     "pool": "the queue's own thread pool, and how it lets the process exit.",
     "nesting": "handlers waiting for tasks of their own queue (chains 100 deep on one worker, fan-outs of "
     "1,000, from async and sync handlers) never deadlock, and at most `workers` handlers are at work at once.",
+    "timing": "tasks due later start at their time and never before; schedules across DST changes, misfires and "
+    "overlaps; no key exceeds its concurrency or rate or starts while paused (a Hypothesis property over 10,000 "
+    "keys); turns across keys; the order under aging, on the fake clock.",
     "unit": "the pure pieces (heap, result store, retry policy, stats, errors) against explicit `now` values "
     "and list models, without a loop or threads.",
 }
@@ -97,6 +100,11 @@ def _table(counts: dict[str, dict[str, Any]], totals: dict[str, int]) -> list[st
             "Child-task cases passed (handlers waiting for tasks of their own queue)",
             passed("nesting"),
             m("nesting"),
+        ),
+        (
+            "Time and fairness cases passed (delayed and periodic tasks, key limits and turns, aging)",
+            passed("timing"),
+            m("timing"),
         ),
         ("Unit cases passed (heap, result store, retry policy, stats, errors)", passed("unit"), m("unit")),
         ("Tests checked for leaked threads", f("tests_checked_for_leaked_threads"), "conftest.py"),
