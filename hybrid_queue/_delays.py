@@ -209,7 +209,9 @@ class Delays(Lanes):
         schedule.missed += extra
         for due in occurrences:
             late = now - due
-            if schedule.misfire_grace is not None and late > schedule.misfire_grace:
+            # Within a millisecond is on time: a timer fires a little late always,
+            # and up to one late on a loop whose timers count whole milliseconds.
+            if schedule.misfire_grace is not None and late > schedule.misfire_grace + _RETRY_EARLY:
                 schedule.missed += 1
                 continue
             last = schedule._last

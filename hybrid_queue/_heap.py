@@ -120,6 +120,13 @@ class PriorityHeap(Generic[T]):
         self._items.clear()
         return items
 
+    def drain_ranked(self) -> list[tuple[int, T]]:
+        """As ``drain``, each item with the priority it was pushed with."""
+        ranked = [(-(key >> _SEQ_BITS), self._items[key]) for key in sorted(self._items)]
+        self._keys.clear()
+        self._items.clear()
+        return ranked
+
     def _compact(self) -> None:
         # The live keys in ascending order already form a valid heap. The
         # table is copied too: a dict never shrinks its own, and a copy of

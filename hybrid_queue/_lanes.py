@@ -167,17 +167,15 @@ class Lanes(SchedulerState):
             return
         self._keyed = True
         self._plain = False
-        waiting = self._heap.drain()
+        waiting = self._heap.drain_ranked()
         self._waiting = len(waiting)
         if not waiting:
             return
         lane = self._lanes[None] = Lane(None, None, now)
-        for task in waiting:
-            # drain() gives the best first: pushed again with their rank, in
-            # that order, they keep it. Aged ranks are recomputed as if they
-            # entered now, which keeps their order too.
-            priority = task._priority - (math.ceil(now / self._aging) if self._aging else 0)
-            task._ticket = lane.heap.push(priority, task)
+        for rank, task in waiting:
+            # Best first, each with the rank it had (aged, if aging is on):
+            # pushed again in that order, they keep their order.
+            task._ticket = lane.heap.push(rank, task)
         self._lane_ready_locked(lane, now)
 
     # ----------------------------------------------------------- turns

@@ -93,16 +93,16 @@ class Cron:
 
     def due_between(self, due: float, now: float, offset: float) -> tuple[list[float], int, float]:
         occurrences = [due]
-        extra = 0
-        while True:
+        while len(occurrences) < _MAX_LISTED:
             self._wall = next(self._iter)
             at = self._wall.timestamp() - offset
             if at > now:
-                return occurrences, extra, at
+                return occurrences, 0, at
             occurrences.append(at)
-            if len(occurrences) > _MAX_LISTED:
-                occurrences.pop(0)
-                extra += 1
+        # A jump over more occurrences than that (the wall clock set ahead
+        # by a year under a rule of every minute): not walked one by one
+        # under the scheduler's lock. The rest count as one.
+        return occurrences, 1, self._start(now + offset) - offset
 
     def next_after(self, now: float, offset: float) -> float:
         return self._start(now + offset) - offset

@@ -31,13 +31,14 @@ from ._stats import QueueStats
 from ._store import ResultStore
 from ._task import ChildHandle, Task, TaskFuture, TaskHandle, TaskId, TaskResult, TaskStatus, fill_record
 from ._validate import (
+    MAX_SECONDS,
     check_bool,
-    check_delay,
     check_int,
     check_key,
     check_max_retries,
     check_moment,
     check_rate,
+    check_span,
     check_task_id,
     check_timeout,
     is_coroutine_function,
@@ -52,10 +53,7 @@ Ts = TypeVarTuple("Ts")
 
 logger = logging.getLogger("hybrid_queue")
 
-# A float not_before further ahead than this is taken for a mistake: a
-# time.time() reading passed where a queue.time() one was meant.
 _YEAR = 365.25 * 86400
-_DECADE = 10 * _YEAR
 
 
 class HybridQueue(QueueLifetime, TimeAndKeys):
@@ -83,8 +81,9 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
     waiting worth one step of priority (None: off, the order is by
     priority then submission); with it, no task starts before a waiting
     one of at most ``d`` steps less priority that was submitted ``d *
-    aging`` seconds or more before it, so a low priority task cannot starve
-    under a stream of higher ones.
+    aging`` seconds or more before it (``(d + 1) * aging`` between tasks of
+    different keys, whose ties go by turns), so a low priority task cannot
+    starve under a stream of higher ones.
 
     Construct it in any thread. Unless stated otherwise, ``async`` methods
     must be awaited on the loop the queue runs on, and the other methods are
@@ -116,7 +115,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         grace = check_timeout("unwind_grace", unwind_grace, optional=False)
         assert grace is not None
         if aging is not None:
-            aging = check_rate("aging", aging)
+            aging = check_rate("aging", aging, low=1e-6, high=MAX_SECONDS, unit=" seconds")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         factory: Callable[[], concurrent.futures.Executor] | None = None
@@ -609,7 +608,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
                 raise TypeError("pass delay= (seconds from now) or not_before= (a moment), not both")
             now = self._sched.clock()
             if delay is not None:
-                due = now + check_delay("delay", delay)
+                due = now + check_span("delay", delay)
             elif isinstance(not_before, datetime):
                 if not_before.tzinfo is None or not_before.utcoffset() is None:
                     raise ValueError(
@@ -617,9 +616,11 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
                         "e.g. datetime.now(timezone.utc) + timedelta(minutes=10)"
                     )
                 due = now + (not_before.timestamp() - self._sched.wall())
+                if due - now > MAX_SECONDS:
+                    raise ValueError(f"not_before must be at most ten years ahead, got {not_before!r}")
             else:
                 due = check_moment("not_before", not_before)
-                if due - now > _DECADE:
+                if due - now > MAX_SECONDS:
                     raise ValueError(
                         f"not_before={not_before!r} is {(due - now) / _YEAR:.0f} years ahead on the queue's clock; "
                         "a float not_before is a time of queue.time() (monotonic), not of time.time(): "

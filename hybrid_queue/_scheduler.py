@@ -158,12 +158,15 @@ class Scheduler(Admission, Queries, Delays):
             if not held:
                 grant = nxt = None
                 wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
+                # The key of this task may let a task of it start in a free slot now.
+                more = self._keyed and self.life.claims and self._free > 0 and bool(self._heap)
             elif result is not None and (lender := task._lender) is not None:
                 # A handler waits for this task: it goes on in this slot,
                 # ahead of the heap (it takes it back with reclaim).
                 task._lender = None
                 lender.reserved += 1
                 grant = nxt = None
+                more = self._keyed and self.life.claims and self._free > 0 and bool(self._heap)
             elif self._reclaimers:
                 # A handler that lent its slot to wait for a task of this
                 # queue goes on before anything new starts: it takes this slot.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, overload
 from ._lanes import Limit
 from ._periodic import Cron, Every, Schedule
 from ._stats import KeyStats
-from ._validate import check_bool, check_delay, check_int, check_key, check_rate, check_timeout
+from ._validate import MAX_SECONDS, check_bool, check_int, check_key, check_rate, check_span, check_timeout
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -85,8 +85,8 @@ class TimeAndKeys:
         at shutdown. Raises QueueShutDown once shutdown began,
         TypeError/ValueError for bad arguments. Any thread.
         """
-        seconds = check_rate("interval", interval)
-        first = seconds if delay is None else check_delay("delay", delay)
+        seconds = check_rate("interval", interval, low=1e-6, high=MAX_SECONDS, unit=" seconds")
+        first = seconds if delay is None else check_span("delay", delay)
         return self._schedule("every", Every(seconds, first), fn, args, kwargs, name, priority, key,
                               max_retries, timeout, keep_result, misfire_grace, coalesce, overlap)  # fmt: skip
 
@@ -149,7 +149,7 @@ class TimeAndKeys:
             name = getattr(fn, "__qualname__", None) or repr(fn)
         elif type(name) is not str or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
-        grace = check_timeout("misfire_grace", misfire_grace)
+        grace = check_timeout("misfire_grace", misfire_grace, positive=True)
         schedule = Schedule(
             self._sched, rule, name, fn, args, kwargs or None, is_coro,
             priority=priority, key=key, max_retries=retries, timeout=per_attempt, keep_result=keep_result,
@@ -200,7 +200,7 @@ class TimeAndKeys:
         if concurrency is not None:
             check_int("concurrency", concurrency, minimum=1)
         if rate is not None:
-            rate = check_rate("rate", rate)
+            rate = check_rate("rate", rate, low=1 / MAX_SECONDS, unit=" starts per second")
         check_int("burst", burst, minimum=1)
         if burst != 1 and rate is None:
             raise ValueError(f"burst={burst} needs a rate= (burst is the size of the rate's token bucket)")
@@ -215,7 +215,7 @@ class TimeAndKeys:
         ``resume_key``. Any thread, handlers included.
         """
         check_key(key)
-        wait = check_delay("seconds", seconds)
+        wait = check_span("seconds", seconds)
         self._sched.pause_key(key, wait)
 
     def resume_key(self, key: Hashable) -> bool:

@@ -20,6 +20,7 @@ __all__ = [
     "check_max_retries",
     "check_moment",
     "check_rate",
+    "check_span",
     "check_task_id",
     "check_timeout",
     "is_coroutine_function",
@@ -127,13 +128,31 @@ def check_moment(name: str, value: object) -> float:
     return float(value)
 
 
-def check_rate(name: str, value: object) -> float:
-    """A positive, finite number (a rate, an interval)."""
+def check_rate(name: str, value: object, *, low: float = 0.0, high: float = math.inf, unit: str = "") -> float:
+    """A positive, finite number (a rate, an interval), and within [``low``, ``high``] when given."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a positive number, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low:g}{unit}, got {value!r}")
+    if value > high:
+        raise ValueError(f"{name} must be at most {high:g}{unit} (ten years), got {value!r}")
     return float(value)
+
+
+# The longest span of time the queue schedules on its clock: ten years, far
+# past any real use, and well within what its due times (integer
+# nanoseconds) and a loop's timers hold.
+MAX_SECONDS = 10 * 365.25 * 86400
+
+
+def check_span(name: str, value: object) -> float:
+    """A finite number of seconds >= 0, at most ten years (a delay or pause the queue times)."""
+    seconds = check_delay(name, value)
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{name} must be at most ten years ({MAX_SECONDS:.0f} s), got {value!r}")
+    return seconds
 
 
 def check_key(value: object, name: str = "key") -> None:

@@ -21,7 +21,8 @@ queues can share one registry. With the default namespace the series are:
 - the histogram ``hybrid_queue_task_duration_seconds``, labelled
   ``status="completed"`` or ``"failed"``: first attempt's start to the end,
   retry delays included (as ``TaskResult.duration_ms``);
-- with ``keys=True``, per key (label ``key``, the key's ``str``): gauges
+- with ``keys=True``, per key (label ``key``: a str key as it is, another
+  as ``type:repr``, e.g. ``int:1``): gauges
   ``hybrid_queue_key_tasks_{waiting,running}`` and
   ``hybrid_queue_key_paused_seconds`` (time left of a ``pause_key``), for
   the keys the queue keeps state for (those with work, a pause or a bucket
@@ -129,7 +130,7 @@ class _Collector:
             gauge = GaugeMetricFamily(prefix + name, text, labels=["queue", "key"])
             for queue, by_key in keys:
                 for key, key_stats in by_key.items():
-                    gauge.add_metric([queue, str(key)], getattr(key_stats, field))
+                    gauge.add_metric([queue, _key_label(key)], getattr(key_stats, field))
             yield gauge
         yield from self.durations.collect()
 
@@ -257,3 +258,8 @@ def export_metrics(
         metrics = QueueMetrics(queue, name, registry, collector)
     queue.add_listener(metrics._listener)
     return metrics
+
+
+def _key_label(key: Hashable) -> str:
+    # A str key as it is; any other with its type, so that 1 and "1" stay two series.
+    return key if isinstance(key, str) else f"{type(key).__name__}:{key!r}"

@@ -11,6 +11,7 @@ import asyncio
 import math
 
 import pytest
+import uvloop
 from _helpers import deterministic
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -117,10 +118,11 @@ async def test_aging_orders_tasks_that_came_due_by_their_due_time(make_queue):
     assert order == ["due@10 p0", "now p45", "due@50 p0"]
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("aging", [None, 1.0, 4.0])
 @settings(parent=deterministic, max_examples=60)
 @given(plan=st.lists(st.tuples(st.integers(-3, 6), st.integers(0, 9)), min_size=1, max_size=25))
-def test_start_order_is_priority_plus_steps_waited(aging, plan):
+def test_start_order_is_priority_plus_steps_waited(loop, aging, plan):
     """Tasks (priority, seconds after the previous) submitted to a stopped queue, then run on one worker."""
 
     async def scenario() -> list[int]:
@@ -142,7 +144,9 @@ def test_start_order_is_priority_plus_steps_waited(aging, plan):
         await q.shutdown()
         return order
 
-    order = asyncio.run(scenario())
+    factory = asyncio.new_event_loop if loop == "asyncio" else uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        order = runner.run(scenario())
     entered = [3.5 + sum(gap for _, gap in plan[: i + 1]) for i in range(len(plan))]
 
     def rank(i: int) -> tuple[int, int]:

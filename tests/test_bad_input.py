@@ -74,6 +74,9 @@ async def noop(value: Any = None) -> Any:
         ),
         pytest.param({"aging": "1"}, TypeError, r"^aging must be a positive number, got '1'$", id="aging='1'"),
         pytest.param(
+            {"aging": 1e-300}, ValueError, r"^aging must be at least 1e-06 seconds, got 1e-300$", id="aging=1e-300"
+        ),
+        pytest.param(
             {"executor": object()},
             TypeError,
             r"^executor must be a concurrent\.futures\.Executor \(yours: never replaced or shut down\), a function",

@@ -423,3 +423,68 @@ def test_no_key_ever_exceeds_its_concurrency_or_rate_or_starts_while_paused(loop
     for key, before, end in windows:
         assert all(t >= end - 1e-9 for t in rec.starts[key][before:]), (key, before, end, rec.starts[key])
     assert not math.isnan(sum(t for s in rec.starts.values() for t in s))
+
+
+# ------------------------------------------------ keys and child tasks
+
+
+async def test_a_key_task_freed_by_a_finished_child_starts_while_its_parent_still_waits(make_queue):
+    # The parent (no key) waits for C1 of key A; C1 ends and keeps its slot for
+    # the parent, which goes on waiting for C2: C2, of key A, must start in
+    # the slot left free, not once the parent ends.
+    q = await make_queue(2)
+    q.limit("A", concurrency=1)
+    started: dict[str, float] = {}
+    go = asyncio.Event()
+
+    async def child(name):
+        started[name] = asyncio.get_running_loop().time()
+        if name == "C2":
+            go.set()
+
+    async def parent():
+        c1 = await q.submit(child, "C1", key="A")
+        c2 = await q.submit(child, "C2", key="A")
+        await c1
+        await asyncio.wait_for(go.wait(), 10)  # C2 must start while this handler is still running
+        await c2
+        return "ok"
+
+    assert await asyncio.wait_for(await q.submit(parent), 20) == "ok"
+    assert set(started) == {"C1", "C2"}
+
+
+async def test_the_first_key_keeps_the_rank_aging_gave_waiting_tasks(make_queue):
+    clock = FakeClock()
+    q = await make_queue(1, clock=clock, aging=10.0, start=False)
+    order = []
+
+    async def job(name):
+        order.append(name)
+
+    old = await q.submit(job, "old p0")
+    clock.advance(100)
+    q.pause_key("some-host", 1)  # the first use of a key: the heap becomes lanes
+    new = await q.submit(job, "new p1", priority=1)
+    await q.start()
+    await asyncio.gather(old, new)
+    assert order == ["old p0", "new p1"]
+
+
+async def test_prometheus_keys_of_equal_text_and_other_types_stay_apart(make_queue):
+    from prometheus_client import CollectorRegistry
+
+    from hybrid_queue.prometheus import export_metrics
+
+    registry = CollectorRegistry()
+    q = await make_queue(1)
+    export_metrics(q, registry=registry, name="q", keys=True)
+    q.pause_key(1, 5)
+    q.pause_key("1", 5)
+    names = {
+        sample.labels["key"]
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "hybrid_queue_key_paused_seconds"
+    }
+    assert names == {"1", "int:1"}

@@ -422,7 +422,9 @@ BAD_CALLS = [
     ("every", ("5", noop), {}, TypeError, r"^interval must be a positive number, got '5'$"),
     ("every", (5, noop), {"delay": -1}, ValueError, r"^delay must be a finite number >= 0, got -1$"),
     ("every", (5, noop), {"name": "keep"}, ValueError, r"^a schedule named 'keep' exists on this queue; "),
-    ("every", (5, noop), {"misfire_grace": -1}, ValueError, r"^misfire_grace must be >= 0 seconds or None, got -1$"),
+    ("every", (5, noop), {"misfire_grace": -1}, ValueError, r"^misfire_grace must be > 0 seconds or None, got -1$"),
+    ("every", (5, noop), {"misfire_grace": 0}, ValueError, r"^misfire_grace must be > 0 seconds or None, got 0$"),
+    ("every", (1e300, noop), {}, ValueError, r"^interval must be at most 3\.15576e\+08 seconds \(ten years\)"),
     ("every", (5, noop), {"coalesce": 1}, TypeError, r"^coalesce must be True or False, got 1$"),
     ("every", (5, noop), {"name": ""}, TypeError, r"^name must be a non-empty str, got ''$"),
     ("every", (5, noop), {"overlap": "no"}, TypeError, r"^overlap must be True or False, got 'no'$"),
@@ -462,3 +464,32 @@ async def test_every_after_shutdown_is_refused(make_queue):
     with pytest.raises(QueueShutDown, match=r"^the queue has begun shutting down and accepts no new tasks"):
         q.every(10, noop, name="late")
     assert q.schedules() == []
+
+
+async def test_a_small_misfire_grace_still_runs_on_a_real_loop(make_queue):
+    # A timer always fires a little late (up to a millisecond on uvloop): that is on time.
+    q = await make_queue(1)
+    ran = asyncio.Event()
+
+    async def job():
+        ran.set()
+
+    s = q.every(0.01, job, misfire_grace=1e-6)
+    await asyncio.wait_for(ran.wait(), 10)
+    s.remove()
+    assert s.runs >= 1
+
+
+async def test_a_cron_schedule_after_a_long_wall_clock_jump_does_not_walk_every_occurrence(make_queue):
+    clock = FakeClock(wall=datetime(2026, 1, 1, tzinfo=UTC))
+    q = await make_queue(1, clock=clock)
+
+    async def job():
+        pass
+
+    s = q.cron("* * * * *", job)
+    clock._wall_offset += 365 * 86400  # the system clock set a year ahead
+    await clock.sleep(60)
+    # 525,600 occurrences were missed: the first 1,024 are counted, the rest as one.
+    assert (s.runs, s.missed) == (1, 1024)
+    assert s.next_run == 120.0
