@@ -1,0 +1,347 @@
+"""The journal: durable tasks and their results in one SQLite file (WAL), written by one thread with group commit.
+
+Not yet wired into the queue: this module is the storage half of durable
+tasks. One writer thread owns the connection; callers hand it operations
+(``add``, ``start``, ``retry``, ``end``) in the order the scheduler made
+them, and each batch the thread finds waiting is one transaction: a burst of
+submits pays one commit, not one per task. A waiter given with an operation
+is resolved once the transaction holding it is on disk (``synchronous=
+NORMAL`` in WAL mode: a process crash loses nothing committed; a power loss
+may lose the last commits, ``FULL`` not even those).
+
+One writer per file: the connection takes SQLite's exclusive lock when it
+opens the journal and keeps it until it closes, so a second process gets a
+clear error instead of running the same tasks twice.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import QueueError
+
+__all__ = ["JournalError", "Recovered", "SQLiteJournal", "StoredResult", "StoredTask"]
+
+SCHEMA_VERSION = 1
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_PICKLE = 5  # fixed, so that one id always pickles to the same key
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY,
+    task_id BLOB NOT NULL UNIQUE,
+    handler TEXT NOT NULL,
+    call BLOB NOT NULL,
+    priority INTEGER NOT NULL,
+    max_retries INTEGER NOT NULL,
+    timeout REAL,
+    keep INTEGER NOT NULL,
+    key BLOB,
+    due REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS results (
+    task_id BLOB PRIMARY KEY,
+    status TEXT NOT NULL,
+    outcome BLOB,
+    retries INTEGER NOT NULL,
+    duration_ms REAL NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class JournalError(QueueError, RuntimeError):
+    """Raised when a journal cannot be opened or written: in use by another process, corrupt, newer, or disk full."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTask:
+    """A task read back from the journal at recovery."""
+
+    task_id: Any
+    handler: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] | None
+    priority: int
+    max_retries: int
+    timeout: float | None
+    keep: bool
+    key: Any
+    due: float | None  # wall-clock seconds since the epoch; None: at once
+    attempts: int  # attempts started before the process ended
+    retries: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A result read back from the journal at recovery; ``outcome`` is the value, or the error."""
+
+    task_id: Any
+    status: str
+    outcome: Any
+    retries: int
+    duration_ms: float
+    expires: float  # wall-clock seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a journal held when it was opened: tasks in submission order, results not yet expired."""
+
+    tasks: list[StoredTask]
+    results: list[StoredResult]
+    next_id: int  # the first generated id no earlier run of this journal can have given
+
+
+def dump_id(task_id: Any) -> bytes:
+    """The key a task id is stored under."""
+    return pickle.dumps(task_id, _PICKLE)
+
+
+class SQLiteJournal:
+    """Tasks and results in the SQLite file ``path``, in WAL mode (see the module docstring).
+
+    ``synchronous``: SQLite's setting, ``"NORMAL"`` (the default: a crash of
+    the process loses nothing committed) or ``"FULL"`` (a power loss does not
+    either, at the cost of an fsync per commit). Open it with ``open()``,
+    from any thread; every other method may be called from any thread.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike naming the journal file, got {path!r}")
+        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}")
+        self.path = os.fspath(path)
+        self.synchronous = synchronous.upper()
+        self._conn: sqlite3.Connection | None = None
+        # The writer's queue: (sql, parameters, waiter) in the order they were
+        # put; guarded by _cond's lock. ``_closing`` ends the thread once empty.
+        self._cond = threading.Condition(threading.Lock())
+        self._ops: deque[tuple[str, tuple[Any, ...], Callable[[BaseException | None], object] | None]] = deque()
+        self._closing = False
+        self._failed: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self.commits = 0  # transactions committed, for tests and benchmarks
+
+    # ------------------------------------------------------------------ opening
+
+    def open(self, id_block: int = 1024) -> Recovered:
+        """Take the journal for this process, create or check its schema, and read what it holds.
+
+        Raises JournalError if another process holds it, if the file is not
+        a journal (or is corrupt), or if a newer hybrid_queue wrote it.
+        ``id_block``: generated ids are reserved this many at a time.
+        """
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0.0)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open the journal {self.path!r}: {exc}") from exc
+        try:
+            # Exclusive before the first access: the lock taken by the first
+            # write below is held until close, and no other process may read.
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalError(f"the journal {self.path!r} cannot use WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            conn.execute("BEGIN IMMEDIATE")
+            version = _meta(conn, "schema_version")
+            if version is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            elif version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"the journal {self.path!r} has schema version {version}, newer than this hybrid_queue "
+                    f"reads ({SCHEMA_VERSION}); upgrade hybrid_queue, or use another file"
+                )
+            start = _meta(conn, "next_id") or 1
+            conn.execute(
+                "INSERT INTO meta VALUES ('next_id', ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (start + id_block,),
+            )
+            recovered = Recovered(_read_tasks(conn), _read_results(conn), start)
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise JournalError(
+                    f"the journal {self.path!r} is in use by another process; one journal has one writer: "
+                    "give each process its own file"
+                ) from exc
+            raise JournalError(f"cannot open the journal {self.path!r}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise JournalError(f"{self.path!r} is not a hybrid_queue journal, or it is corrupt: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._id_end = start + id_block
+        self._id_block = id_block
+        self._thread = threading.Thread(target=self._run, name="hybrid_queue-journal", daemon=True)
+        self._thread.start()
+        return recovered
+
+    # ------------------------------------------------------------------ writing
+
+    def add(self, task: StoredTask, done: Callable[[BaseException | None], object] | None = None) -> None:
+        """Journal a new task; ``done(error)`` once it is on disk (error None) or could not be. Any thread."""
+        self._put(
+            "INSERT INTO tasks (task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, "
+            "retries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                dump_id(task.task_id),
+                task.handler,
+                pickle.dumps((task.args, task.kwargs), _PICKLE),
+                task.priority,
+                task.max_retries,
+                task.timeout,
+                int(task.keep),
+                None if task.key is None else pickle.dumps(task.key, _PICKLE),
+                task.due,
+                task.attempts,
+                task.retries,
+            ),
+            done,
+        )
+
+    def start(self, task_id: Any, attempt: int) -> None:
+        """Journal that ``attempt`` of the task started (recovery counts it as made). Any thread."""
+        self._put("UPDATE tasks SET attempts = ? WHERE task_id = ?", (attempt, dump_id(task_id)), None)
+
+    def retry(self, task_id: Any, due: float, retries: int) -> None:
+        """Journal a retry due at wall time ``due``. Any thread."""
+        self._put("UPDATE tasks SET due = ?, retries = ? WHERE task_id = ?", (due, retries, dump_id(task_id)), None)
+
+    def end(self, task_id: Any, result: StoredResult | None) -> None:
+        """Journal the end of a task: its row goes, its result (if kept) is stored. Any thread."""
+        key = dump_id(task_id)
+        self._put("DELETE FROM tasks WHERE task_id = ?", (key,), None)
+        if result is not None:
+            try:
+                outcome = pickle.dumps(result.outcome, _PICKLE)
+            except Exception as exc:  # an unpicklable value or error: kept as its description
+                outcome = pickle.dumps(f"<not picklable: {exc!r}; {result.outcome!r}>", _PICKLE)
+            self._put(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                (key, result.status, outcome, result.retries, result.duration_ms, result.expires),
+                None,
+            )
+
+    def forget(self, task_id: Any) -> None:
+        """Drop a stored result (expired, evicted or forgotten). Any thread."""
+        self._put("DELETE FROM results WHERE task_id = ?", (dump_id(task_id),), None)
+
+    def reserve_ids(self, end: int) -> None:
+        """Record that generated ids up to ``end`` may be in use. Any thread."""
+        self._put("UPDATE meta SET value = max(value, ?) WHERE name = 'next_id'", (end,), None)
+
+    def _put(self, sql: str, params: tuple[Any, ...], done: Callable[[BaseException | None], object] | None) -> None:
+        with self._cond:
+            if self._failed is not None or self._closing or self._conn is None:
+                error = self._failed or JournalError(f"the journal {self.path!r} is closed")
+            else:
+                self._ops.append((sql, params, done))
+                self._cond.notify()
+                return
+        if done is not None:
+            done(error)
+        else:
+            raise error
+
+    def _run(self) -> None:
+        # The writer thread: every operation waiting now is one transaction.
+        conn = self._conn
+        assert conn is not None
+        while True:
+            with self._cond:
+                while not self._ops and not self._closing:
+                    self._cond.wait()
+                if not self._ops:
+                    return
+                batch = list(self._ops)
+                self._ops.clear()
+            error: BaseException | None = None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for sql, params, _ in batch:
+                    conn.execute(sql, params)
+                conn.execute("COMMIT")
+                self.commits += 1
+            except sqlite3.Error as exc:
+                error = JournalError(f"writing the journal {self.path!r} failed (disk full?): {exc}")
+                error.__cause__ = exc
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                with self._cond:
+                    self._failed = error
+            for _, _, done in batch:
+                if done is not None:
+                    done(error)
+            if error is not None:
+                return
+
+    def close(self) -> None:
+        """Write what waits, stop the writer and release the file (and its lock). Any thread; idempotent."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _meta(conn: sqlite3.Connection, name: str) -> int | None:
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _read_tasks(conn: sqlite3.Connection) -> list[StoredTask]:
+    tasks = []
+    rows = conn.execute(
+        "SELECT task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, retries "
+        "FROM tasks ORDER BY seq"
+    )
+    for task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, retries in rows:
+        args, kwargs = pickle.loads(call)
+        tasks.append(
+            StoredTask(
+                pickle.loads(task_id),
+                handler,
+                tuple(args),
+                kwargs,
+                priority,
+                max_retries,
+                timeout,
+                bool(keep),
+                None if key is None else pickle.loads(key),
+                due,
+                attempts,
+                retries,
+            )
+        )
+    return tasks
+
+
+def _read_results(conn: sqlite3.Connection) -> list[StoredResult]:
+    rows = conn.execute("SELECT task_id, status, outcome, retries, duration_ms, expires FROM results")
+    return [
+        StoredResult(pickle.loads(task_id), status, None if outcome is None else pickle.loads(outcome), r, d, e)
+        for task_id, status, outcome, r, d, e in rows
+    ]
