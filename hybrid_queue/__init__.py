@@ -19,6 +19,8 @@ from ._errors import UnknownTaskError as UnknownTaskError
 from ._events import EventKind as EventKind
 from ._events import TaskEvent as TaskEvent
 from ._interrupt import TaskInterrupted as TaskInterrupted
+from ._journal import JournalError as JournalError
+from ._journal import SQLiteJournal as SQLiteJournal
 from ._periodic import Schedule as Schedule
 from ._queue import HybridQueue as HybridQueue
 from ._retry import RetryPolicy as RetryPolicy
@@ -42,12 +44,14 @@ __all__ = (
     "DuplicateTaskError",
     "EventKind",
     "HybridQueue",
+    "JournalError",
     "KeyStats",
     "QueueError",
     "QueueFull",
     "QueueShutDown",
     "QueueStats",
     "RetryPolicy",
+    "SQLiteJournal",
     "Schedule",
     "TaskContext",
     "TaskEvent",

@@ -1,7 +1,7 @@
 """The journal: durable tasks and their results in one SQLite file (WAL), written by one thread with group commit.
 
-Not yet wired into the queue: this module is the storage half of durable
-tasks. One writer thread owns the connection; callers hand it operations
+The storage half of durable tasks (``_durable`` is the scheduler's). One
+writer thread owns the connection; callers hand it operations
 (``add``, ``start``, ``retry``, ``end``) in the order the scheduler made
 them, and each batch the thread finds waiting is one transaction: a burst of
 submits pays one commit, not one per task. A waiter given with an operation
@@ -16,6 +16,8 @@ clear error instead of running the same tasks twice.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import pickle
 import sqlite3
@@ -29,7 +31,11 @@ from ._errors import QueueError
 
 __all__ = ["JournalError", "Recovered", "SQLiteJournal", "StoredResult", "StoredTask"]
 
+logger = logging.getLogger("hybrid_queue")
+
 SCHEMA_VERSION = 1
+# An operation's parameters, or a function that makes them in the writer thread.
+Params = tuple[Any, ...] | Callable[[], tuple[Any, ...]]
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _PICKLE = 5  # fixed, so that one id always pickles to the same key
 
@@ -109,12 +115,13 @@ def dump_id(task_id: Any) -> bytes:
 
 
 class SQLiteJournal:
-    """Tasks and results in the SQLite file ``path``, in WAL mode (see the module docstring).
+    """A journal file for ``HybridQueue(journal=...)``: durable tasks and their results in SQLite, WAL mode.
 
     ``synchronous``: SQLite's setting, ``"NORMAL"`` (the default: a crash of
-    the process loses nothing committed) or ``"FULL"`` (a power loss does not
-    either, at the cost of an fsync per commit). Open it with ``open()``,
-    from any thread; every other method may be called from any thread.
+    the process loses nothing committed) or ``"FULL"`` (a power loss loses
+    nothing committed either, at the cost of an fsync per commit). Pass a
+    path to the queue for the default, or this object for another setting.
+    The queue opens it; its methods are the queue's. Any thread.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
@@ -128,7 +135,7 @@ class SQLiteJournal:
         # The writer's queue: (sql, parameters, waiter) in the order they were
         # put; guarded by _cond's lock. ``_closing`` ends the thread once empty.
         self._cond = threading.Condition(threading.Lock())
-        self._ops: deque[tuple[str, tuple[Any, ...], Callable[[BaseException | None], object] | None]] = deque()
+        self._ops: deque[tuple[str, Params, Callable[[BaseException | None], object] | None]] = deque()
         self._closing = False
         self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -195,15 +202,24 @@ class SQLiteJournal:
 
     # ------------------------------------------------------------------ writing
 
-    def add(self, task: StoredTask, done: Callable[[BaseException | None], object] | None = None) -> None:
-        """Journal a new task; ``done(error)`` once it is on disk (error None) or could not be. Any thread."""
+    def add(
+        self,
+        task: StoredTask,
+        done: Callable[[BaseException | None], object] | None = None,
+        call: bytes | None = None,
+    ) -> None:
+        """Journal a new task; ``done(error)`` once it is on disk (error None) or could not be. Any thread.
+
+        ``call``: its arguments already pickled (by the submitter, outside
+        the scheduler's lock); else ``task.args`` and ``task.kwargs`` are.
+        """
         self._put(
             "INSERT INTO tasks (task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, "
             "retries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 dump_id(task.task_id),
                 task.handler,
-                pickle.dumps((task.args, task.kwargs), _PICKLE),
+                call if call is not None else pickle.dumps((task.args, task.kwargs), _PICKLE),
                 task.priority,
                 task.max_retries,
                 task.timeout,
@@ -229,13 +245,11 @@ class SQLiteJournal:
         key = dump_id(task_id)
         self._put("DELETE FROM tasks WHERE task_id = ?", (key,), None)
         if result is not None:
-            try:
-                outcome = pickle.dumps(result.outcome, _PICKLE)
-            except Exception as exc:  # an unpicklable value or error: kept as its description
-                outcome = pickle.dumps(f"<not picklable: {exc!r}; {result.outcome!r}>", _PICKLE)
+            # Pickled by the writer thread: a value's __reduce__ is user code,
+            # and this may be called under the scheduler's lock.
             self._put(
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                (key, result.status, outcome, result.retries, result.duration_ms, result.expires),
+                functools.partial(_result_row, key, result),
                 None,
             )
 
@@ -243,11 +257,20 @@ class SQLiteJournal:
         """Drop a stored result (expired, evicted or forgotten). Any thread."""
         self._put("DELETE FROM results WHERE task_id = ?", (dump_id(task_id),), None)
 
+    @property
+    def failed(self) -> BaseException | None:
+        """The error that stopped the writer (a full disk, say), or None. Any thread."""
+        return self._failed
+
+    def barrier(self, done: Callable[[BaseException | None], object]) -> None:
+        """Call ``done(error)`` once every operation put before this one is on disk. Any thread."""
+        self._put("", (), done)
+
     def reserve_ids(self, end: int) -> None:
         """Record that generated ids up to ``end`` may be in use. Any thread."""
         self._put("UPDATE meta SET value = max(value, ?) WHERE name = 'next_id'", (end,), None)
 
-    def _put(self, sql: str, params: tuple[Any, ...], done: Callable[[BaseException | None], object] | None) -> None:
+    def _put(self, sql: str, params: Params, done: Callable[[BaseException | None], object] | None) -> None:
         with self._cond:
             if self._failed is not None or self._closing or self._conn is None:
                 error = self._failed or JournalError(f"the journal {self.path!r} is closed")
@@ -255,10 +278,11 @@ class SQLiteJournal:
                 self._ops.append((sql, params, done))
                 self._cond.notify()
                 return
+        # Never raised here: this runs under the scheduler's lock, in the
+        # middle of a change. A journal that failed writes no more; the
+        # queue goes on in memory, and durable submits are refused (failed).
         if done is not None:
             done(error)
-        else:
-            raise error
 
     def _run(self) -> None:
         # The writer thread: every operation waiting now is one transaction.
@@ -275,11 +299,25 @@ class SQLiteJournal:
             error: BaseException | None = None
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                # Runs of one statement go to executemany: one call into
+                # SQLite for a burst of submits, not one per task.
+                run: list[tuple[Any, ...]] = []
+                last = ""
                 for sql, params, _ in batch:
-                    conn.execute(sql, params)
+                    if sql != last:
+                        if run:
+                            conn.executemany(last, run)
+                        run, last = [], sql
+                    if sql:  # "" is a barrier: nothing to write
+                        run.append(params() if callable(params) else params)
+                if run:
+                    conn.executemany(last, run)
                 conn.execute("COMMIT")
                 self.commits += 1
             except sqlite3.Error as exc:
+                logger.error(
+                    "writing the journal %r failed; durable submits are refused from now on: %r", self.path, exc
+                )
                 error = JournalError(f"writing the journal {self.path!r} failed (disk full?): {exc}")
                 error.__cause__ = exc
                 try:
@@ -345,3 +383,11 @@ def _read_results(conn: sqlite3.Connection) -> list[StoredResult]:
         StoredResult(pickle.loads(task_id), status, None if outcome is None else pickle.loads(outcome), r, d, e)
         for task_id, status, outcome, r, d, e in rows
     ]
+
+
+def _result_row(key: bytes, result: StoredResult) -> tuple[Any, ...]:
+    try:
+        outcome = pickle.dumps(result.outcome, _PICKLE)
+    except Exception as exc:  # an unpicklable value or error: kept as its description
+        outcome = pickle.dumps(RuntimeError(f"the outcome did not pickle ({exc!r}): {result.outcome!r}"), _PICKLE)
+    return (key, result.status, outcome, result.retries, result.duration_ms, result.expires)

@@ -10,6 +10,7 @@ import concurrent.futures
 import functools
 import inspect
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Sized
@@ -18,9 +19,11 @@ from typing import Any, TypeVar, TypeVarTuple, overload
 
 from ._background import LoopThread
 from ._clock import Clock
+from ._durable import JournaledScheduler, handler_path, pickled_call
 from ._errors import QueueFull
 from ._events import TaskEvent
 from ._interrupt import arm, shielded
+from ._journal import JournalError, SQLiteJournal
 from ._nesting import current_holder
 from ._pool import WorkerPool
 from ._retry import RetryPolicy
@@ -83,7 +86,10 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
     one of at most ``d`` steps less priority that was submitted ``d *
     aging`` seconds or more before it (``(d + 1) * aging`` between tasks of
     different keys, whose ties go by turns), so a low priority task cannot
-    starve under a stream of higher ones.
+    starve under a stream of higher ones. ``journal``: a file (or a
+    :class:`SQLiteJournal`) that makes tasks durable: the queue takes it
+    for this process at construction (JournalError if another process has
+    it) and puts back what it held; see ``submit``'s ``durable``.
 
     Construct it in any thread. Unless stated otherwise, ``async`` methods
     must be awaited on the loop the queue runs on, and the other methods are
@@ -104,6 +110,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         unwind_grace: float = 5.0,
         interrupt_sync_handlers: bool = False,
         aging: float | None = None,
+        journal: str | os.PathLike[str] | SQLiteJournal | None = None,
     ) -> None:
         check_int("workers", workers, minimum=1)
         check_int("max_queue_size", max_queue_size, minimum=0)
@@ -138,8 +145,12 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
                 f"(hybrid_queue.testing.FakeClock has), got {clock!r}"
             )
 
+        if journal is not None and not isinstance(journal, SQLiteJournal):
+            journal = SQLiteJournal(journal)  # raises for a path that is not a str or os.PathLike
+
         self._policy = retry if retry is not None else RetryPolicy()
-        self._sched = Scheduler(
+        scheduler = Scheduler if journal is None else functools.partial(JournaledScheduler, journal)
+        self._sched = scheduler(
             workers=workers,
             max_queue_size=max_queue_size,
             policy=self._policy,
@@ -150,6 +161,11 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         if check_bool("interrupt_sync_handlers", interrupt_sync_handlers):
             arm()  # from now on the queue methods a handler may call are shielded
         self._runner = Runner(self._sched, executor, factory, interrupt_sync_handlers)
+        self._journaled = journal is not None
+        if isinstance(self._sched, JournaledScheduler):
+            self._journal_sched = self._sched
+            # Takes the file for this process (JournalError if another has it) and puts back what it held.
+            self._sched.restore()
         # The last handler submitted and whether it is a coroutine function.
         # One attribute, written whole: threads submit concurrently. A weak
         # reference, so the cache never keeps a handler (or what it binds) alive.
@@ -192,6 +208,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         delay: float | None = None,
         not_before: datetime | float | None = None,
         key: Hashable | None = None,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -209,6 +226,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         delay: float | None = None,
         not_before: datetime | float | None = None,
         key: Hashable | None = None,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -227,6 +245,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         delay: float | None = None,
         not_before: datetime | float | None = None,
         key: Hashable | None = None,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> TaskHandle[Any]:
         """Queue ``fn(*args, **kwargs)`` and return its handle; waits for room in a full bounded queue.
@@ -249,9 +268,13 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         it queues by its priority. Shutdown cancels tasks still scheduled.
         ``key``: the task waits for its key's limits and turn (see ``limit``
         and ``pause_key``); keys with waiting tasks take turns within a
-        priority, and tasks without a key share one turn.
+        priority, and tasks without a key share one turn. ``durable``: on a
+        queue with a journal tasks are durable unless ``durable=False``: the
+        handler must be a module-level function and the arguments must
+        pickle (TypeError otherwise), and this returns once the task is on
+        disk; it then runs at least once, here or after a restart.
 
-        The eight option names are keyword-only and taken by the queue; to
+        The nine option names are keyword-only and taken by the queue; to
         pass a keyword argument of the same name to the handler, bind it
         first: ``submit(functools.partial(fn, priority=p))``.
 
@@ -262,10 +285,15 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         due = None
         if key is not None or delay is not None or not_before is not None:
             due = self._check_when(key, delay, not_before)
+        row = None
+        if durable is not None or self._journaled:
+            row = self._durable_row(fn, args, kwargs, durable)
         loop = self._caller_loop("submit")
         handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout, keep_result)
         if key is not None:
             handle._key = key
+        if row is not None:
+            return await self._add_durable(handle, loop, due, row)
         while True:
             try:
                 self._sched.add(handle, loop, False, due)
@@ -288,6 +316,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         delay: float | None = None,
         not_before: datetime | float | None = None,
         key: Hashable | None = None,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -305,6 +334,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         delay: float | None = None,
         not_before: datetime | float | None = None,
         key: Hashable | None = None,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> TaskHandle[T]: ...
 
@@ -323,19 +353,35 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         delay: float | None = None,
         not_before: datetime | float | None = None,
         key: Hashable | None = None,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> TaskHandle[Any]:
-        """As ``submit``, but raise QueueFull instead of waiting for room. Loop thread."""
+        """As ``submit``, but raise QueueFull instead of waiting for room. Loop thread.
+
+        A durable task is written to the journal soon after, not before this
+        returns: ``await sync_journal()`` to know it is on disk.
+        """
         is_coro, max_retries, timeout = self._check(
             "submit_nowait", fn, priority, task_id, max_retries, timeout, keep_result
         )
         due = None
         if key is not None or delay is not None or not_before is not None:
             due = self._check_when(key, delay, not_before)
+        row = None
+        if durable is not None or self._journaled:
+            row = self._durable_row(fn, args, kwargs, durable)
         loop = self._caller_loop("submit_nowait")
         handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout, keep_result)
         if key is not None:
             handle._key = key
+        if row is not None:
+            self._journal_sched.stage(handle, row[0], row[1], None)
+            try:
+                self._sched.add(handle, loop, False, due)
+            except BaseException:
+                self._journal_sched.unstage(handle)
+                raise
+            return handle
         self._sched.add(handle, loop, False, due)
         return handle
 
@@ -473,6 +519,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         delay: float | None = None,
         not_before: datetime | float | None = None,
         key: Hashable | None = None,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> TaskFuture[T]: ...
 
@@ -490,6 +537,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         delay: float | None = None,
         not_before: datetime | float | None = None,
         key: Hashable | None = None,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> TaskFuture[T]: ...
 
@@ -509,6 +557,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         delay: float | None = None,
         not_before: datetime | float | None = None,
         key: Hashable | None = None,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> TaskFuture[Any]:
         """As ``submit``, for sync code: returns a ``concurrent.futures.Future``.
@@ -530,13 +579,81 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         due = None
         if key is not None or delay is not None or not_before is not None:
             due = self._check_when(key, delay, not_before)
+        row = None
+        if durable is not None or self._journaled:
+            row = self._durable_row(fn, args, kwargs, durable)
         task = Task(task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout, keep_result, key)
         future: TaskFuture[Any] = TaskFuture(self)
         task._cfuture = future
-        # On the thread of some other event loop, never block it: QueueFull instead.
-        self._sched.add(task, None, running is None, due)
+        if row is None:
+            # On the thread of some other event loop, never block it: QueueFull instead.
+            self._sched.add(task, None, running is None, due)
+            future.task_id = task._id
+            return future
+        ack: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._journal_sched.stage(task, row[0], row[1], functools.partial(_settle_ack, ack))
+        try:
+            self._sched.add(task, None, running is None, due)
+        except BaseException:
+            self._journal_sched.unstage(task)
+            raise
         future.task_id = task._id
+        ack.result()  # raises JournalError if the row could not be written
         return future
+
+    def _durable_row(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], durable: bool | None
+    ) -> tuple[str, bytes] | None:
+        # The journal row of a durable task (handler path, pickled call), or
+        # None for a task that is not durable; raises before anything changes.
+        if durable is not None:
+            check_bool("durable", durable)
+        if not self._journaled:
+            if durable:
+                raise ValueError("durable=True needs a queue with a journal: HybridQueue(journal='tasks.db')")
+            return None
+        if durable is False:
+            return None
+        failed = self._journal_sched.journal.failed
+        if failed is not None:
+            raise JournalError(f"the journal can take no more tasks: {failed}; submit with durable=False") from failed
+        return handler_path(fn), pickled_call(args, kwargs or None)
+
+    async def _add_durable(
+        self, handle: TaskHandle[Any], loop: asyncio.AbstractEventLoop, due: float | None, row: tuple[str, bytes]
+    ) -> TaskHandle[Any]:
+        # submit() of a durable task: returns once its row is on disk.
+        ack: asyncio.Future[None] = loop.create_future()
+
+        def done(error: BaseException | None) -> None:  # the journal's writer thread
+            loop.call_soon_threadsafe(_settle_ack_on_loop, ack, error)
+
+        self._journal_sched.stage(handle, row[0], row[1], done)
+        try:
+            while True:
+                try:
+                    self._sched.add(handle, loop, False, due)
+                except QueueFull:
+                    await self._sched.wait_for_room(loop)
+                else:
+                    break
+        except BaseException:
+            self._journal_sched.unstage(handle)
+            raise
+        await asyncio.shield(ack)
+        return handle
+
+    async def sync_journal(self) -> None:
+        """Return once every durable task submitted so far (``submit_nowait`` included) is on disk.
+
+        Raises RuntimeError for a queue without a journal. Loop thread.
+        """
+        if not self._journaled:
+            raise RuntimeError("sync_journal() needs a queue with a journal: HybridQueue(journal='tasks.db')")
+        loop = self._caller_loop("sync_journal")
+        ack: asyncio.Future[None] = loop.create_future()
+        self._journal_sched.barrier(lambda error: loop.call_soon_threadsafe(_settle_ack_on_loop, ack, error))
+        await ack
 
     def _caller_loop(self, method: str) -> asyncio.AbstractEventLoop:
         # The calling thread's running loop; RuntimeError if it has none.
@@ -754,6 +871,22 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         """
         if not self._sched.remove_listener(listener):
             raise ValueError(f"{listener!r} is not a listener of this queue; add_listener() it first")
+
+
+def _settle_ack(ack: concurrent.futures.Future[None], error: BaseException | None) -> None:
+    if error is None:
+        ack.set_result(None)
+    else:
+        ack.set_exception(error)
+
+
+def _settle_ack_on_loop(ack: asyncio.Future[None], error: BaseException | None) -> None:
+    if ack.done():
+        return
+    if error is None:
+        ack.set_result(None)
+    else:
+        ack.set_exception(error)
 
 
 def _no_loop(method: str) -> RuntimeError:

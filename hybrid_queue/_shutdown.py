@@ -146,6 +146,7 @@ class QueueLifetime:
             self._sched.close()
             await self._runner.executors.shut_down(wait)
             self._sched.flush_events()
+            self._close_journal()
             return
         logger.debug("queue shutting down (wait=%s, timeout=%s)", wait, timeout)
         try:
@@ -169,7 +170,14 @@ class QueueLifetime:
             self._sched.mark_stopped()
             # Listeners hear the last events before shutdown returns.
             self._sched.flush_events()
+            self._close_journal()
             logger.debug("queue stopped")
+
+    def _close_journal(self) -> None:
+        # Everything the scheduler handed the journal is written, then the file is let go.
+        journal = getattr(self._sched, "journal", None)
+        if journal is not None:
+            journal.close()
 
     def _cancel(self, *states: TaskStatus) -> None:
         self._sched.cancel_where(*states)
@@ -273,6 +281,7 @@ class QueueLifetime:
         executor = self._runner.executors.take()
         if executor is not None:
             shut(executor, wait=wait)
+        self._close_journal()
         self._sched.mark_stopped()
         logger.debug("queue stopped after its event loop ended")
 

@@ -172,3 +172,16 @@ def test_readme_periodic_quick_start_runs():
     lines = run_source(quick_start("periodic")).splitlines()
     runs = int(lines[-1].removesuffix(" runs"))
     assert runs == lines.count("tick") >= 1
+
+
+def test_durable_service_loses_no_task_to_a_kill():
+    out = run_example("durable_service.py")
+    summary = re.search(r"^(\d+) acknowledged, (\d+) ran, (\d+) ran more than once, (\d+) lost$", out, re.MULTILINE)
+    assert summary, out
+    acknowledged, ran, _, lost = map(int, summary.groups())
+    assert acknowledged == ran == 40 and lost == 0, out
+    # Killed mid-way: the second run finished what the first left.
+    restored = re.search(r"^second run: (\d+) tasks put back from the journal, (\d+) completed$", out, re.MULTILINE)
+    assert restored, out
+    assert 0 < int(restored[1]) == int(restored[2]) < 40, out
+    assert out.endswith("none was lost: every acknowledged task ran at least once\n")

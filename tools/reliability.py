@@ -47,6 +47,9 @@ MARKERS = {
     "pool": "the queue's own thread pool, and how it lets the process exit.",
     "nesting": "handlers waiting for tasks of their own queue (chains 100 deep on one worker, fan-outs of "
     "1,000, from async and sync handlers) never deadlock, and at most `workers` handlers are at work at once.",
+    "durable": "a process with a journal killed with SIGKILL at random moments and restarted: every acknowledged "
+    "task ran at least once and has one result, at most `workers` re-runs per kill over the campaign; a second process "
+    "is refused; a full disk refuses durable submits.",
     "timing": "tasks due later start at their time and never before; schedules across DST changes, misfires and "
     "overlaps; no key exceeds its concurrency or rate or starts while paused (a Hypothesis property over 10,000 "
     "keys); turns across keys; the order under aging, on the fake clock.",
@@ -94,6 +97,12 @@ def _table(counts: dict[str, dict[str, Any]], totals: dict[str, int]) -> list[st
         ),
         ("Interrupt cases passed", passed("interrupt"), m("interrupt")),
         ("Interrupts raced against the handler's return", f("interrupt_race_rounds"), "test_threads.py"),
+        ("Kills (SIGKILL) of a process with a journal, then restarts", f("durable_kills"), "test_durable.py"),
+        (
+            "Re-runs after those kills (checked: at most workers per kill, over the run)",
+            f("durable_reruns"),
+            "test_durable.py",
+        ),
         ("Memory and result-budget cases passed", passed("memory"), m("memory")),
         ("Owned thread pool cases passed", passed("pool"), m("pool")),
         (
@@ -101,6 +110,7 @@ def _table(counts: dict[str, dict[str, Any]], totals: dict[str, int]) -> list[st
             passed("nesting"),
             m("nesting"),
         ),
+        ("Durable-task cases passed (journal, restarts, kills)", passed("durable"), m("durable")),
         (
             "Time and fairness cases passed (delayed and periodic tasks, key limits and turns, aging)",
             passed("timing"),

@@ -54,6 +54,8 @@ async def main(queue: HybridQueue) -> None:
     assert_type(queue.key_stats("example.org"), KeyStats)
     assert_type(queue.key_stats(), dict[Hashable, KeyStats])
     queue.limit("example.org", concurrency="4")  # type: ignore[arg-type]
+    assert_type(await queue.submit(fetch, "u", durable=False), TaskHandle[bytes])
+    await queue.submit(fetch, "u", durable="yes")  # type: ignore[call-overload]
 
     # Wrong calls: argument types, argument counts, option types.
     await queue.submit_many(fetch, [1, 2])  # type: ignore[arg-type]

@@ -1,0 +1,238 @@
+"""Durable tasks: the scheduler of a queue with a journal, and what a durable task must be.
+
+``JournaledScheduler`` is the scheduler with a journal (see ``_journal``): each
+state change of a durable task is handed to the journal's writer in the
+critical section that makes it, so the journal sees them in the scheduler's
+order, and a queue without a journal pays nothing (it has a plain
+``Scheduler``). A durable task's handler is named by its import path and its
+arguments are pickled at submit, before anything changes.
+
+The guarantee is at least once: a task acknowledged to its submitter (its
+row committed) runs to an end, here or after a restart; a task that was
+running when the process died runs again, with the next attempt number.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pickle
+from collections.abc import Callable, Hashable
+from itertools import count
+from typing import Any
+
+from ._errors import CallError
+from ._journal import SQLiteJournal, StoredResult, StoredTask
+from ._scheduler import Scheduler
+from ._state import CANCELLED
+from ._task import Record, Task, TaskResult, TaskStatus
+from ._validate import is_coroutine_function
+
+__all__ = ["JournaledScheduler", "handler_path", "pickled_call", "resolve"]
+
+# Ids are generated this many ahead of what the journal has reserved.
+_ID_BLOCK = 1024
+Staged = tuple[str, bytes, Callable[[BaseException | None], object] | None]
+
+
+def handler_path(fn: Callable[..., Any]) -> str:
+    """``module:qualname`` of a module-level function or class; TypeError for anything else."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if inspect.ismethod(fn) or not (inspect.isfunction(fn) or isinstance(fn, type)) or not module or not qualname:
+        raise TypeError(
+            f"a durable task's handler must be a module-level function (found again by its import path after a "
+            f"restart), got {fn!r}; use a function defined at the top of a module, or submit with durable=False"
+        )
+    if "<locals>" in qualname or "<lambda>" in qualname or module == "__main__":
+        raise TypeError(
+            f"a durable task's handler must be importable after a restart, got {module}.{qualname} (a lambda, a "
+            "nested function or one of __main__); move it to the top of an importable module, or durable=False"
+        )
+    if resolve(f"{module}:{qualname}") is not fn:
+        raise TypeError(f"{module}.{qualname} does not name {fn!r} when imported; durable tasks need the real name")
+    return f"{module}:{qualname}"
+
+
+def resolve(path: str) -> Any:
+    """The object at ``module:qualname``; ImportError or AttributeError if it is not there."""
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def pickled_call(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> bytes:
+    """The arguments of a durable task as stored; TypeError naming what would not pickle."""
+    try:
+        return pickle.dumps((args, kwargs), 5)
+    except Exception as exc:
+        raise TypeError(
+            f"a durable task's arguments must pickle (they are written to the journal), but they do not: {exc!r}"
+        ) from None
+
+
+def _unresolved(path: str, error: BaseException) -> Callable[..., Any]:
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        raise CallError(f"the handler {path} of a journaled task cannot be imported any more: {error!r}")
+
+    return handler
+
+
+class JournaledScheduler(Scheduler):
+    """A ``Scheduler`` that writes what happens to durable tasks to a journal. See the module docstring."""
+
+    def __init__(self, journal: SQLiteJournal, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.journal = journal
+        # Set by a submit just before add(): the row of a durable task and its
+        # acknowledgement, taken by _accept_locked under the lock.
+        self._staged: dict[Record, Staged] = {}
+        # Ids of the durable tasks that are live (so that their end is written).
+        self._durable: set[Hashable] = set()
+        # Shutting down: cancelling a durable task keeps its row, so that it
+        # runs after the next start (a graceful restart loses nothing either).
+        self._keeping = False
+        self._id_end = 0
+        self._ttl = self._store.ttl
+
+    # ------------------------------------------------------------------ recovery
+
+    def restore(self) -> int:
+        """Take the journal, and put its tasks and results back; before start(). Returns the tasks restored."""
+        recovered = self.journal.open(_ID_BLOCK)
+        # Handlers are imported before the lock is taken: an import runs user code.
+        handlers: dict[str, tuple[Callable[..., Any], bool]] = {}
+        for row in recovered.tasks:
+            if row.handler not in handlers:
+                try:
+                    fn = resolve(row.handler)
+                except (ImportError, AttributeError) as exc:
+                    fn = _unresolved(row.handler, exc)
+                handlers[row.handler] = (fn, is_coroutine_function(fn))
+        now, wall = self.clock(), self.wall()
+        with self.lock:
+            self._auto_ids = count(recovered.next_id)
+            self._id_end = recovered.next_id + _ID_BLOCK
+            # Oldest first, each stored as if it came that much before now:
+            # the store keeps its expiry order, and each result its ttl left.
+            for stored in sorted(recovered.results, key=lambda r: r.expires):
+                left = stored.expires - wall
+                if left <= 0:
+                    self.journal.forget(stored.task_id)
+                    continue
+                status = TaskStatus(stored.status)
+                ok = status is TaskStatus.COMPLETED
+                error = None if ok or not isinstance(stored.outcome, BaseException) else stored.outcome
+                result = TaskResult(
+                    stored.task_id, status, stored.outcome if ok else None, error, stored.retries, stored.duration_ms
+                )
+                self._dropped.extend(self._store.add(result, now - (self._ttl - left)))
+            for row in recovered.tasks:
+                fn, is_coro = handlers[row.handler]
+                task = Task(
+                    row.task_id, fn, row.args, row.kwargs, is_coro, row.priority, row.max_retries, row.timeout,
+                    row.keep, row.key,
+                )  # fmt: skip
+                # Attempts made before the process ended count: the next is the one after.
+                task._attempt = row.attempts
+                task._retry_count = row.retries
+                if row.attempts:
+                    task._started_at = now  # durations run from here: the first start's time is gone
+                due = None if row.due is None or row.due <= wall else now + (row.due - wall)
+                if task._key is not None:
+                    self._use_keys_locked(now)
+                self._durable.add(row.task_id)
+                self._accept_locked(task, None, due)
+            dropped = self._take_dropped_locked()
+        del dropped
+        return len(recovered.tasks)
+
+    def stage(
+        self, task: Record, handler: str, call: bytes, ack: Callable[[BaseException | None], object] | None
+    ) -> None:
+        """Give the row of durable ``task`` for add() to journal. Any thread, before add()."""
+        self._staged[task] = (handler, call, ack)
+
+    def unstage(self, task: Record) -> None:
+        """add() refused ``task``: forget its row. Any thread."""
+        self._staged.pop(task, None)
+
+    def barrier(self, done: Callable[[BaseException | None], object]) -> None:
+        """Call ``done(error)`` once everything journaled before is on disk. Any thread."""
+        self.journal.barrier(done)
+
+    # ------------------------------------------------------- the journaled changes
+
+    def _accept_locked(self, task: Record, loop: Any, due: float | None = None) -> None:
+        super()._accept_locked(task, loop, due)
+        staged = self._staged.pop(task, None) if self._staged else None
+        if staged is None:
+            return
+        handler, call, ack = staged
+        task_id = task._id
+        if type(task_id) is int and task_id >= self._id_end - _ID_BLOCK // 2:
+            # Reserved ahead, so the reservation is on disk before an id past it is.
+            self._id_end += _ID_BLOCK
+            self.journal.reserve_ids(self._id_end)
+        self._durable.add(task_id)
+        wall_due = None if due is None else self.wall() + (due - self.clock())
+        self.journal.add(
+            StoredTask(
+                task_id,
+                handler,
+                (),
+                None,
+                task._priority,
+                task._max_retries,
+                task._timeout,
+                task._keep,
+                task._key,
+                wall_due,
+                0,
+                0,
+            ),
+            ack,
+            call,
+        )
+
+    def _begin_locked(self, task: Record, now: float | None = None) -> int:
+        attempt = super()._begin_locked(task, now)
+        if self._durable and task._id in self._durable:
+            self.journal.start(task._id, attempt)
+        return attempt
+
+    def _fail_locked(self, task: Record, error: BaseException, now: float) -> float:
+        delay = super()._fail_locked(task, error, now)
+        if delay >= 0 and task._id in self._durable:
+            self.journal.retry(task._id, self.wall() + delay, task._retry_count)
+        return delay
+
+    def _terminal_locked(
+        self, task: Record, status: TaskStatus, value: Any, error: BaseException | None, now: float
+    ) -> TaskResult[Any]:
+        result = super()._terminal_locked(task, status, value, error, now)
+        task_id = task._id
+        if task_id in self._durable:
+            self._durable.discard(task_id)
+            if status is CANCELLED and self._keeping:
+                return result  # shutting down: the row stays, and runs after the next start
+            kept = None
+            if task._keep and self._ttl > 0:
+                outcome = value if status is TaskStatus.COMPLETED else error
+                expires = self.wall() + self._ttl
+                kept = StoredResult(task_id, status.value, outcome, result.retry_count, result.duration_ms, expires)
+            self.journal.end(task_id, kept)
+        return result
+
+    def forget(self, task_id: Hashable) -> bool:
+        dropped = super().forget(task_id)
+        if dropped:
+            self.journal.forget(task_id)
+        return dropped
+
+    def stop_accepting(self) -> bool:
+        with self.lock:
+            self._keeping = True
+        return super().stop_accepting()

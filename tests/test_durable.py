@@ -1,0 +1,164 @@
+"""Durable tasks: a journaled queue survives a restart and SIGKILL, at least once, with clear errors for bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from _durable_handlers import record
+
+from hybrid_queue import HybridQueue, SQLiteJournal, TaskStatus
+from hybrid_queue._journal import JournalError, dump_id
+
+pytestmark = pytest.mark.durable
+
+CHILD = Path(__file__).parent / "_durable_child.py"
+WORKERS = 4  # the child's
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+async def test_results_and_pending_tasks_survive_a_restart(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(2, journal=path)
+    await q.start()
+    done = [await q.submit(record, i) for i in range(3)]
+    assert [await h for h in done] == [0, 1, 4]
+    later = await q.submit(record, 7, delay=3600)
+    await q.shutdown()  # a durable task scheduled for later is kept, not lost
+
+    again = HybridQueue(2, journal=path)
+    assert again.status(later.task_id) is TaskStatus.SCHEDULED
+    await again.start()
+    assert (await again.get_result(done[1].task_id)).result == 1
+    fresh = await again.submit(record, 8)
+    assert fresh.task_id not in {h.task_id for h in done}  # generated ids stay unique across restarts
+    assert await fresh == 64
+    await again.shutdown()
+
+
+async def test_a_second_queue_on_the_same_journal_is_refused(tmp_path):
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(1, journal=path)
+    try:
+        code = (
+            "from hybrid_queue import HybridQueue\n"
+            f"try:\n    HybridQueue(1, journal={str(path)!r})\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+        )
+        run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=60)
+        out = (await asyncio.to_thread(run, [sys.executable, "-c", code])).stdout
+        assert out.startswith("JournalError") and "is in use by another process" in out
+    finally:
+        await q.shutdown()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("fn", "args", "match"),
+    [
+        (lambda: 1, (), r"^a durable task's handler must be importable after a restart"),
+        (functools.partial(square, 2), (), r"^a durable task's handler must be a module-level function"),
+        (square, (threading.Lock(),), r"^a durable task's arguments must pickle"),
+    ],
+    ids=["lambda", "partial", "unpicklable-argument"],
+)
+async def test_a_durable_task_that_could_not_run_after_a_restart_is_refused(tmp_path, fn, args, match):
+    q = HybridQueue(1, journal=tmp_path / "tasks.db")
+    await q.start()
+    try:
+        with pytest.raises(TypeError, match=match):
+            await q.submit(fn, *args)
+        assert q.stats().submitted == 0
+        # Not durable: as any task.
+        assert await (await q.submit(square, 3, durable=False)) == 9
+    finally:
+        await q.shutdown()
+
+
+@pytest.mark.bad_input
+async def test_durable_true_without_a_journal_is_refused(make_queue):
+    q = await make_queue(1)
+    with pytest.raises(ValueError, match=r"^durable=True needs a queue with a journal"):
+        await q.submit(square, 1, durable=True)
+    assert q.stats().submitted == 0
+
+
+def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"plain text, not SQLite" * 50)
+    with pytest.raises(JournalError, match=r"is not a hybrid_queue journal, or it is corrupt"):
+        HybridQueue(1, journal=path)
+
+
+def crash_campaign(tmp_path: Path, kills: int, total: int, seed: int) -> dict[str, int]:
+    rng = random.Random(seed)
+    journal, acks, runs = tmp_path / "tasks.db", tmp_path / "acks", tmp_path / "runs"
+    args = [sys.executable, str(CHILD), str(journal), str(acks), str(runs), str(total)]
+    for _ in range(kills):
+        child = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 0.9))
+        child.kill()  # SIGKILL: no clean-up of any kind
+        child.wait()
+    final = subprocess.run([*args, "--finish"], capture_output=True, text=True, timeout=300)
+    assert final.stdout.strip() == "DONE", final.stderr[-2000:]
+
+    acked = {int(x) for x in acks.read_text().split()}
+    ran = Counter(int(x) for x in runs.read_text().split())
+    conn = sqlite3.connect(journal)
+    stored = dict(conn.execute("SELECT task_id, status FROM results").fetchall())
+    left = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+    conn.close()
+    assert acked == set(range(total))
+    missing = [i for i in acked if ran[i] == 0]
+    assert not missing, missing[:20]  # every acknowledged task ran at least once
+    assert all(stored.get(dump_id(f"t{i}")) == "completed" for i in acked)  # one result row each (the key)
+    assert left == 0
+    reruns = sum(n - 1 for n in ran.values())
+    assert reruns <= kills * WORKERS, (reruns, kills)
+    return {"kills": kills, "tasks": total, "reruns": reruns}
+
+
+@pytest.mark.timeout(240)
+def test_crash_campaign_short(tmp_path, figures):
+    result = crash_campaign(tmp_path, kills=8, total=2_000, seed=1)
+    figures.add("durable_kills", result["kills"])
+    figures.add("durable_reruns", result["reruns"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_crash_campaign_200_kills(tmp_path, figures):
+    result = crash_campaign(tmp_path, kills=200, total=10_000, seed=2)
+    figures.add("durable_kills", result["kills"])
+    figures.add("durable_reruns", result["reruns"])
+
+
+async def test_a_full_disk_refuses_durable_submits_and_the_queue_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    journal = SQLiteJournal(tmp_path / "tasks.db")
+    q = HybridQueue(2, journal=journal)
+    await q.start()
+    assert await (await q.submit(record, 1)) == 1
+    conn = journal._conn
+    assert conn is not None
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "database or disk is full"
+    with pytest.raises(JournalError, match=r"writing the journal .* failed \(disk full\?\)"):
+        await q.submit(record, "x" * 100_000)  # its row does not fit
+    with pytest.raises(JournalError, match=r"^the journal can take no more tasks"):
+        await q.submit(record, 3)
+    assert await (await q.submit(record, 4, durable=False)) == 16
+    await asyncio.wait_for(q.shutdown(), 10)
+    assert q.stats().busy_workers == 0
