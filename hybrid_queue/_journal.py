@@ -33,6 +33,16 @@ __all__ = ["JournalError", "Recovered", "SQLiteJournal", "StoredResult", "Stored
 
 logger = logging.getLogger("hybrid_queue")
 
+# The statements of a task's row; the writer compares them by identity.
+_ADD = (
+    "INSERT INTO tasks (task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, "
+    "retries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_START = "UPDATE tasks SET attempts = ? WHERE task_id = ?"
+_RETRY = "UPDATE tasks SET due = ?, retries = ? WHERE task_id = ?"
+_END = "DELETE FROM tasks WHERE task_id = ?"
+_ROW_OPS = frozenset({_ADD, _START, _RETRY, _END})
+
 SCHEMA_VERSION = 1
 # An operation's parameters, or a function that makes them in the writer thread.
 Params = tuple[Any, ...] | Callable[[], tuple[Any, ...]]
@@ -214,8 +224,7 @@ class SQLiteJournal:
         the scheduler's lock); else ``task.args`` and ``task.kwargs`` are.
         """
         self._put(
-            "INSERT INTO tasks (task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, "
-            "retries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _ADD,
             (
                 dump_id(task.task_id),
                 task.handler,
@@ -234,16 +243,16 @@ class SQLiteJournal:
 
     def start(self, task_id: Any, attempt: int) -> None:
         """Journal that ``attempt`` of the task started (recovery counts it as made). Any thread."""
-        self._put("UPDATE tasks SET attempts = ? WHERE task_id = ?", (attempt, dump_id(task_id)), None)
+        self._put(_START, (attempt, dump_id(task_id)), None)
 
     def retry(self, task_id: Any, due: float, retries: int) -> None:
         """Journal a retry due at wall time ``due``. Any thread."""
-        self._put("UPDATE tasks SET due = ?, retries = ? WHERE task_id = ?", (due, retries, dump_id(task_id)), None)
+        self._put(_RETRY, (due, retries, dump_id(task_id)), None)
 
     def end(self, task_id: Any, result: StoredResult | None) -> None:
         """Journal the end of a task: its row goes, its result (if kept) is stored. Any thread."""
         key = dump_id(task_id)
-        self._put("DELETE FROM tasks WHERE task_id = ?", (key,), None)
+        self._put(_END, (key,), None)
         if result is not None:
             # Pickled by the writer thread: a value's __reduce__ is user code,
             # and this may be called under the scheduler's lock.
@@ -303,7 +312,10 @@ class SQLiteJournal:
                 # SQLite for a burst of submits, not one per task.
                 run: list[tuple[Any, ...]] = []
                 last = ""
+                passing = _passing(batch)
                 for sql, params, _ in batch:
+                    if passing and sql in _ROW_OPS and params[-1 if sql is not _ADD else 0] in passing:  # type: ignore[index]
+                        continue
                     if sql != last:
                         if run:
                             conn.executemany(last, run)
@@ -343,6 +355,25 @@ class SQLiteJournal:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _passing(batch: list[tuple[str, Params, Any]]) -> set[bytes]:
+    # Tasks added and ended within one batch (the common case under load):
+    # their row would be inserted, updated and deleted in one transaction,
+    # so it is not written at all; only their result is. Keys seen once each
+    # way only (an id added again after its end keeps its writes).
+    added: dict[Any, int] = {}
+    ended: dict[Any, int] = {}
+    for sql, params, _ in batch:
+        if sql is _ADD:
+            key = params[0]  # type: ignore[index]
+            added[key] = added.get(key, 0) + 1
+        elif sql is _END:
+            key = params[0]  # type: ignore[index]
+            ended[key] = ended.get(key, 0) + 1
+    if not ended:
+        return set()
+    return {key for key, n in ended.items() if n == 1 and added.get(key) == 1}
 
 
 def _meta(conn: sqlite3.Connection, name: str) -> int | None:

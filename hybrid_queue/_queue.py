@@ -162,6 +162,8 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
             arm()  # from now on the queue methods a handler may call are shielded
         self._runner = Runner(self._sched, executor, factory, interrupt_sync_handlers)
         self._journaled = journal is not None
+        # The last durable handler and its import path (see _durable_row), as _last_kind.
+        self._last_path: tuple[weakref.ref[Callable[..., Any]] | None, str] = (None, "")
         if isinstance(self._sched, JournaledScheduler):
             self._journal_sched = self._sched
             # Takes the file for this process (JournalError if another has it) and puts back what it held.
@@ -617,7 +619,14 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         failed = self._journal_sched.journal.failed
         if failed is not None:
             raise JournalError(f"the journal can take no more tasks: {failed}; submit with durable=False") from failed
-        return handler_path(fn), pickled_call(args, kwargs or None)
+        last_ref, path = self._last_path
+        if last_ref is None or last_ref() is not fn:
+            path = handler_path(fn)  # imports the module to check the path: once per new handler
+            try:
+                self._last_path = (weakref.ref(fn), path)
+            except TypeError:  # not weakly referenceable: not cached
+                pass
+        return path, pickled_call(args, kwargs or None)
 
     async def _add_durable(
         self, handle: TaskHandle[Any], loop: asyncio.AbstractEventLoop, due: float | None, row: tuple[str, bytes]
