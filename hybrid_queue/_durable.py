@@ -22,7 +22,7 @@ from itertools import count
 from typing import Any
 
 from ._errors import CallError
-from ._journal import SQLiteJournal, StoredResult, StoredTask
+from ._journal import SQLiteJournal, StoredResult, StoredTask, dump_id
 from ._scheduler import Scheduler
 from ._state import CANCELLED
 from ._task import Record, Task, TaskResult, TaskStatus
@@ -30,6 +30,7 @@ from ._validate import is_coroutine_function
 
 __all__ = ["JournaledScheduler", "handler_path", "pickled_call", "resolve"]
 
+_new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__
 # Ids are generated this many ahead of what the journal has reserved.
 _ID_BLOCK = 1024
 Staged = tuple[str, bytes, Callable[[BaseException | None], object] | None]
@@ -90,7 +91,9 @@ class JournaledScheduler(Scheduler):
         # acknowledgement, taken by _accept_locked under the lock.
         self._staged: dict[Record, Staged] = {}
         # Ids of the durable tasks that are live (so that their end is written).
-        self._durable: set[Hashable] = set()
+        # Ids of the durable tasks that are live (so that their end is
+        # written), each with its key in the journal (pickled once).
+        self._durable: dict[Hashable, bytes] = {}
         # Shutting down: cancelling a durable task keeps its row, so that it
         # runs after the next start (a graceful restart loses nothing either).
         self._keeping = False
@@ -143,7 +146,7 @@ class JournaledScheduler(Scheduler):
                 due = None if row.due is None or row.due <= wall else now + (row.due - wall)
                 if task._key is not None:
                     self._use_keys_locked(now)
-                self._durable.add(row.task_id)
+                self._durable[row.task_id] = dump_id(row.task_id)
                 self._accept_locked(task, None, due)
             dropped = self._take_dropped_locked()
         del dropped
@@ -176,37 +179,25 @@ class JournaledScheduler(Scheduler):
             # Reserved ahead, so the reservation is on disk before an id past it is.
             self._id_end += _ID_BLOCK
             self.journal.reserve_ids(self._id_end)
-        self._durable.add(task_id)
+        key = self._durable[task_id] = dump_id(task_id)
         wall_due = None if due is None else self.wall() + (due - self.clock())
-        self.journal.add(
-            StoredTask(
-                task_id,
-                handler,
-                (),
-                None,
-                task._priority,
-                task._max_retries,
-                task._timeout,
-                task._keep,
-                task._key,
-                wall_due,
-                0,
-                0,
-            ),
-            ack,
-            call,
-        )
+        row = _new_tuple(
+            StoredTask,
+            (task_id, handler, (), None, task._priority, task._max_retries, task._timeout, task._keep, task._key,
+             wall_due, 0, 0),
+        )  # fmt: skip
+        self.journal.add(row, ack, call, key)
 
     def _begin_locked(self, task: Record, now: float | None = None) -> int:
         attempt = super()._begin_locked(task, now)
-        if self._durable and task._id in self._durable:
-            self.journal.start(task._id, attempt)
+        if self._durable and (key := self._durable.get(task._id)) is not None:
+            self.journal.start(task._id, attempt, key)
         return attempt
 
     def _fail_locked(self, task: Record, error: BaseException, now: float) -> float:
         delay = super()._fail_locked(task, error, now)
-        if delay >= 0 and task._id in self._durable:
-            self.journal.retry(task._id, self.wall() + delay, task._retry_count)
+        if delay >= 0 and (key := self._durable.get(task._id)) is not None:
+            self.journal.retry(task._id, self.wall() + delay, task._retry_count, key)
         return delay
 
     def _terminal_locked(
@@ -214,16 +205,18 @@ class JournaledScheduler(Scheduler):
     ) -> TaskResult[Any]:
         result = super()._terminal_locked(task, status, value, error, now)
         task_id = task._id
-        if task_id in self._durable:
-            self._durable.discard(task_id)
+        key = self._durable.pop(task_id, None) if self._durable else None
+        if key is not None:
             if status is CANCELLED and self._keeping:
                 return result  # shutting down: the row stays, and runs after the next start
             kept = None
             if task._keep and self._ttl > 0:
                 outcome = value if status is TaskStatus.COMPLETED else error
                 expires = self.wall() + self._ttl
-                kept = StoredResult(task_id, status.value, outcome, result.retry_count, result.duration_ms, expires)
-            self.journal.end(task_id, kept)
+                kept = _new_tuple(
+                    StoredResult, (task_id, status.value, outcome, result.retry_count, result.duration_ms, expires)
+                )
+            self.journal.end(task_id, kept, key)
         return result
 
     def forget(self, task_id: Hashable) -> bool:

@@ -25,13 +25,14 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._errors import QueueError
 
 __all__ = ["JournalError", "Recovered", "SQLiteJournal", "StoredResult", "StoredTask"]
 
 logger = logging.getLogger("hybrid_queue")
+_new_tuple = tuple.__new__
 
 # The statements of a task's row; the writer compares them by identity.
 _ADD = (
@@ -80,9 +81,8 @@ class JournalError(QueueError, RuntimeError):
     """Raised when a journal cannot be opened or written: in use by another process, corrupt, newer, or disk full."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredTask:
-    """A task read back from the journal at recovery."""
+class StoredTask(NamedTuple):
+    """A task as the journal keeps it (a tuple: 100,000 are read back in one recovery)."""
 
     task_id: Any
     handler: str
@@ -98,8 +98,7 @@ class StoredTask:
     retries: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResult:
+class StoredResult(NamedTuple):
     """A result read back from the journal at recovery; ``outcome`` is the value, or the error."""
 
     task_id: Any
@@ -147,6 +146,7 @@ class SQLiteJournal:
         self._cond = threading.Condition(threading.Lock())
         self._ops: deque[tuple[str, Params, Callable[[BaseException | None], object] | None]] = deque()
         self._closing = False
+        self._idle = False  # the writer sleeps, or is about to: see _put
         self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.commits = 0  # transactions committed, for tests and benchmarks
@@ -217,6 +217,7 @@ class SQLiteJournal:
         task: StoredTask,
         done: Callable[[BaseException | None], object] | None = None,
         call: bytes | None = None,
+        key: bytes | None = None,
     ) -> None:
         """Journal a new task; ``done(error)`` once it is on disk (error None) or could not be. Any thread.
 
@@ -226,7 +227,7 @@ class SQLiteJournal:
         self._put(
             _ADD,
             (
-                dump_id(task.task_id),
+                key or dump_id(task.task_id),
                 task.handler,
                 call if call is not None else pickle.dumps((task.args, task.kwargs), _PICKLE),
                 task.priority,
@@ -241,17 +242,20 @@ class SQLiteJournal:
             done,
         )
 
-    def start(self, task_id: Any, attempt: int) -> None:
+    def start(self, task_id: Any, attempt: int, key: bytes | None = None) -> None:
         """Journal that ``attempt`` of the task started (recovery counts it as made). Any thread."""
-        self._put(_START, (attempt, dump_id(task_id)), None)
+        self._put(_START, (attempt, key or dump_id(task_id)), None)
 
-    def retry(self, task_id: Any, due: float, retries: int) -> None:
+    def retry(self, task_id: Any, due: float, retries: int, key: bytes | None = None) -> None:
         """Journal a retry due at wall time ``due``. Any thread."""
-        self._put(_RETRY, (due, retries, dump_id(task_id)), None)
+        self._put(_RETRY, (due, retries, key or dump_id(task_id)), None)
 
-    def end(self, task_id: Any, result: StoredResult | None) -> None:
-        """Journal the end of a task: its row goes, its result (if kept) is stored. Any thread."""
-        key = dump_id(task_id)
+    def end(self, task_id: Any, result: StoredResult | None, key: bytes | None = None) -> None:
+        """Journal the end of a task: its row goes, its result (if kept) is stored. Any thread.
+
+        ``key`` (here and in ``start``, ``retry``): the task's ``dump_id``, if the caller kept it.
+        """
+        key = key or dump_id(task_id)
         self._put(_END, (key,), None)
         if result is not None:
             # Pickled by the writer thread: a value's __reduce__ is user code,
@@ -280,6 +284,18 @@ class SQLiteJournal:
         self._put("UPDATE meta SET value = max(value, ?) WHERE name = 'next_id'", (end,), None)
 
     def _put(self, sql: str, params: Params, done: Callable[[BaseException | None], object] | None) -> None:
+        if done is None and self._failed is None and not self._closing:
+            # Without the lock: a deque's append is atomic, and the writer
+            # takes items one by one (see _run). It is woken only when it
+            # sleeps: it sets _idle, under the lock, before it looks at the
+            # deque a last time and waits, so an append it did not see finds
+            # _idle set and wakes it. One that lands after a failure or close
+            # is never written, which is all a failed or closed journal does.
+            self._ops.append((sql, params, None))
+            if self._idle:
+                with self._cond:
+                    self._cond.notify()
+            return
         with self._cond:
             if self._failed is not None or self._closing or self._conn is None:
                 error = self._failed or JournalError(f"the journal {self.path!r} is closed")
@@ -297,14 +313,17 @@ class SQLiteJournal:
         # The writer thread: every operation waiting now is one transaction.
         conn = self._conn
         assert conn is not None
+        ops = self._ops
         while True:
             with self._cond:
-                while not self._ops and not self._closing:
+                self._idle = True
+                while not ops and not self._closing:
                     self._cond.wait()
-                if not self._ops:
+                self._idle = False
+                if not ops:
                     return
-                batch = list(self._ops)
-                self._ops.clear()
+            # One by one, and only what is there now: _put appends without the lock.
+            batch = [ops.popleft() for _ in range(len(ops))]
             error: BaseException | None = None
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -382,27 +401,33 @@ def _meta(conn: sqlite3.Connection, name: str) -> int | None:
 
 
 def _read_tasks(conn: sqlite3.Connection) -> list[StoredTask]:
-    tasks = []
+    tasks: list[StoredTask] = []
     rows = conn.execute(
         "SELECT task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, retries "
         "FROM tasks ORDER BY seq"
     )
+    loads = pickle.loads
+    append = tasks.append
     for task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, retries in rows:
-        args, kwargs = pickle.loads(call)
-        tasks.append(
-            StoredTask(
-                pickle.loads(task_id),
-                handler,
-                tuple(args),
-                kwargs,
-                priority,
-                max_retries,
-                timeout,
-                bool(keep),
-                None if key is None else pickle.loads(key),
-                due,
-                attempts,
-                retries,
+        args, kwargs = loads(call)
+        # tuple.__new__ directly: the NamedTuple's own __new__ is a Python frame.
+        append(
+            _new_tuple(
+                StoredTask,
+                (
+                    loads(task_id),
+                    handler,
+                    args,
+                    kwargs,
+                    priority,
+                    max_retries,
+                    timeout,
+                    bool(keep),
+                    None if key is None else loads(key),
+                    due,
+                    attempts,
+                    retries,
+                ),
             )
         )
     return tasks
