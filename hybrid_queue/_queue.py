@@ -398,6 +398,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        durable: bool | None = None,
     ) -> list[TaskHandle[T]]: ...
 
     @overload
@@ -411,6 +412,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        durable: bool | None = None,
     ) -> list[TaskHandle[T]]: ...
 
     @overload
@@ -425,6 +427,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        durable: bool | None = None,
     ) -> list[TaskHandle[T]]: ...
 
     @overload
@@ -439,6 +442,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        durable: bool | None = None,
     ) -> list[TaskHandle[T]]: ...
 
     # Typed for one iterable exactly; two or more are checked only for the return type.
@@ -451,6 +455,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         max_retries: int | None = None,
         timeout: float | None = None,
         keep_result: bool = True,
+        durable: bool | None = None,
     ) -> list[TaskHandle[Any]]:
         """Queue ``fn(*args)`` for every ``args`` in ``zip(*iterables)``; return their handles, in order.
 
@@ -462,6 +467,9 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         whole batch fits (single submits may take freed places first), so a
         batch larger than ``max_queue_size`` is a ValueError. Bind handler
         keyword arguments with ``functools.partial``.
+
+        ``durable``: as for ``submit``; the whole batch is on disk when this
+        returns.
 
         Raises QueueShutDown once shutdown began, TypeError/ValueError for bad
         arguments, before any task is queued. Loop thread.
@@ -494,18 +502,39 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
                 f"a batch of {n} tasks can never fit in a queue of max_queue_size={bound}; "
                 "submit it in smaller batches, or raise max_queue_size"
             )
+        calls = None
+        path = ""
+        if durable is not None or self._journaled:
+            row = self._durable_row(fn, (), {}, durable)
+            if row is not None:
+                path = row[0]
+                calls = [pickled_call(args, None) for args in batch]
         handle = self._handle
         # An empty batch still goes to add_many, which refuses a queue that is shutting down.
         handles: list[TaskHandle[Any]] = [
             handle(loop, None, fn, args, None, is_coro, priority, max_retries, timeout, keep_result) for args in batch
         ]
-        while True:
-            try:
-                self._sched.add_many(handles, loop)
-            except QueueFull:
-                await self._sched.wait_for_room(loop, n)
-            else:
-                return handles
+        if calls is not None:
+            # Durable: staged for add_many, and on disk before this returns (one barrier for the batch).
+            stage = self._journal_sched.stage
+            for task, call in zip(handles, calls, strict=True):
+                stage(task, path, call, None)
+        try:
+            while True:
+                try:
+                    self._sched.add_many(handles, loop)
+                except QueueFull:
+                    await self._sched.wait_for_room(loop, n)
+                else:
+                    break
+        except BaseException:
+            if calls is not None:
+                for task in handles:
+                    self._journal_sched.unstage(task)
+            raise
+        if calls is not None:
+            await self.sync_journal()
+        return handles
 
     @overload
     def submit_blocking(

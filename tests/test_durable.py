@@ -162,3 +162,24 @@ async def test_a_full_disk_refuses_durable_submits_and_the_queue_goes_on(tmp_pat
     assert await (await q.submit(record, 4, durable=False)) == 16
     await asyncio.wait_for(q.shutdown(), 10)
     assert q.stats().busy_workers == 0
+
+
+async def test_a_durable_batch_is_on_disk_when_submit_many_returns(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(1, journal=path)  # never started: the batch waits in the journal
+    handles = await q.submit_many(record, range(5))
+    assert len(handles) == 5
+    await q.shutdown()  # keeps them
+
+    again = HybridQueue(2, journal=path)
+    assert again.stats().pending == 5
+    await again.start()
+    results = [await again.get_result(h.task_id) for h in handles]
+    assert [r.result for r in results] == [0, 1, 4, 9, 16]
+    await again.shutdown()
+    other = HybridQueue(1, journal=tmp_path / "other.db")
+    with pytest.raises(TypeError, match=r"^a durable task's handler must be importable after a restart"):
+        await other.submit_many(lambda x: x, [1])
+    assert other.stats().submitted == 0
+    await other.shutdown()
