@@ -162,6 +162,23 @@ class JournaledScheduler(Scheduler):
         """add() refused ``task``: forget its row. Any thread."""
         self._staged.pop(task, None)
 
+    def add_durable(
+        self,
+        task: Record,
+        loop: Any,
+        block: bool,
+        due: float | None,
+        row: tuple[str, bytes],
+        ack: Callable[[BaseException | None], object] | None,
+    ) -> None:
+        """``add()`` a durable task with its journal row (see ``stage``); raises as add() does, row forgotten."""
+        self.stage(task, row[0], row[1], ack)
+        try:
+            self.add(task, loop, block, due)
+        except BaseException:
+            self.unstage(task)
+            raise
+
     def barrier(self, done: Callable[[BaseException | None], object]) -> None:
         """Call ``done(error)`` once everything journaled before is on disk. Any thread."""
         self.journal.barrier(done)

@@ -377,12 +377,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         if key is not None:
             handle._key = key
         if row is not None:
-            self._journal_sched.stage(handle, row[0], row[1], None)
-            try:
-                self._sched.add(handle, loop, False, due)
-            except BaseException:
-                self._journal_sched.unstage(handle)
-                raise
+            self._journal_sched.add_durable(handle, loop, False, due, row, None)
             return handle
         self._sched.add(handle, loop, False, due)
         return handle
@@ -622,12 +617,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
             future.task_id = task._id
             return future
         ack: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._journal_sched.stage(task, row[0], row[1], functools.partial(_settle_ack, ack))
-        try:
-            self._sched.add(task, None, running is None, due)
-        except BaseException:
-            self._journal_sched.unstage(task)
-            raise
+        self._journal_sched.add_durable(task, None, running is None, due, row, functools.partial(_settle_ack, ack))
         future.task_id = task._id
         ack.result()  # raises JournalError if the row could not be written
         return future
@@ -666,18 +656,13 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         def done(error: BaseException | None) -> None:  # the journal's writer thread
             loop.call_soon_threadsafe(_settle_ack_on_loop, ack, error)
 
-        self._journal_sched.stage(handle, row[0], row[1], done)
-        try:
-            while True:
-                try:
-                    self._sched.add(handle, loop, False, due)
-                except QueueFull:
-                    await self._sched.wait_for_room(loop)
-                else:
-                    break
-        except BaseException:
-            self._journal_sched.unstage(handle)
-            raise
+        while True:
+            try:
+                self._journal_sched.add_durable(handle, loop, False, due, row, done)
+            except QueueFull:
+                await self._sched.wait_for_room(loop)
+            else:
+                break
         await asyncio.shield(ack)
         return handle
 
