@@ -16,24 +16,25 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pickle
 from collections.abc import Callable, Hashable
 from itertools import count
 from typing import Any
 
 from ._errors import CallError
-from ._journal import SQLiteJournal, StoredResult, StoredTask, dump_id
+from ._journal import Spec, SQLiteJournal, StoredResult, dump_id, dump_spec
 from ._scheduler import Scheduler
 from ._state import CANCELLED
+from ._store import ResultStore
 from ._task import Record, Task, TaskResult, TaskStatus
 from ._validate import is_coroutine_function
 
-__all__ = ["JournaledScheduler", "handler_path", "pickled_call", "resolve"]
+__all__ = ["JournaledScheduler", "JournaledStore", "handler_path", "pickled_spec", "resolve"]
 
 _new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__
 # Ids are generated this many ahead of what the journal has reserved.
 _ID_BLOCK = 1024
-Staged = tuple[str, bytes, Callable[[BaseException | None], object] | None]
+_INT_KEYS = 2**63  # ints of 64 bits are their own key in the journal (see dump_id)
+Staged = tuple[tuple[str, bytes], Callable[[BaseException | None], object] | None]
 
 
 def handler_path(fn: Callable[..., Any]) -> str:
@@ -64,21 +65,68 @@ def resolve(path: str) -> Any:
     return obj
 
 
-def pickled_call(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> bytes:
-    """The arguments of a durable task as stored; TypeError naming what would not pickle."""
+def pickled_spec(spec: Spec) -> bytes:
+    """A durable task's arguments and options as stored (see ``dump_spec``); TypeError naming what would not pickle."""
     try:
-        return pickle.dumps((args, kwargs), 5)
+        return dump_spec(spec)
     except Exception as exc:
         raise TypeError(
-            f"a durable task's arguments must pickle (they are written to the journal), but they do not: {exc!r}"
+            f"a durable task's arguments must pickle (they are written to the journal, with its key), but they do "
+            f"not: {exc!r}"
         ) from None
 
 
-def _unresolved(path: str, error: BaseException) -> Callable[..., Any]:
+def _failing(message: str) -> Callable[..., Any]:
+    # The handler of a journaled task that cannot run any more: its attempt fails with this.
     def handler(*args: Any, **kwargs: Any) -> Any:
-        raise CallError(f"the handler {path} of a journaled task cannot be imported any more: {error!r}")
+        raise CallError(message)
 
     return handler
+
+
+class JournaledStore(ResultStore):
+    """A ``ResultStore`` that drops a durable task's result from the journal too, when it drops it.
+
+    Expired, evicted or forgotten, a result leaves the journal with the
+    store, so the journal holds no more results than the store (and stops
+    growing with the tasks that ever ran). Under the scheduler's lock, as
+    every ``ResultStore`` method.
+    """
+
+    __slots__ = ("durable", "journal")
+
+    def __init__(self, ttl: float, max_results: int, **kwargs: Any) -> None:
+        super().__init__(ttl, max_results, **kwargs)
+        self.journal: SQLiteJournal | None = None  # set by the JournaledScheduler
+        # Ids of the stored results that are in the journal, each with its key there.
+        self.durable: dict[Hashable, int | bytes] = {}
+
+    def discard(self, task_id: Hashable) -> TaskResult[Any] | None:
+        result = super().discard(task_id)
+        if result is not None and self.durable:
+            self._forget(task_id)
+        return result
+
+    def clear(self) -> None:
+        for key in self.durable.values():
+            self._forget_key(key)
+        self.durable = {}
+        super().clear()
+
+    def _pop_front(self) -> TaskResult[Any] | None:
+        result = super()._pop_front()
+        if result is not None and self.durable:
+            self._forget(result.task_id)
+        return result
+
+    def _forget(self, task_id: Hashable) -> None:
+        key = self.durable.pop(task_id, None)
+        if key is not None:
+            self._forget_key(key)
+
+    def _forget_key(self, key: int | bytes) -> None:
+        assert self.journal is not None
+        self.journal.forget(key)
 
 
 class JournaledScheduler(Scheduler):
@@ -90,15 +138,18 @@ class JournaledScheduler(Scheduler):
         # Set by a submit just before add(): the row of a durable task and its
         # acknowledgement, taken by _accept_locked under the lock.
         self._staged: dict[Record, Staged] = {}
-        # Ids of the durable tasks that are live (so that their end is written).
         # Ids of the durable tasks that are live (so that their end is
-        # written), each with its key in the journal (pickled once).
-        self._durable: dict[Hashable, bytes] = {}
+        # written), each with its key in the journal (made once).
+        self._durable: dict[Hashable, int | bytes] = {}
         # Shutting down: cancelling a durable task keeps its row, so that it
         # runs after the next start (a graceful restart loses nothing either).
         self._keeping = False
         self._id_end = 0
         self._ttl = self._store.ttl
+        if not isinstance(self._store, JournaledStore):
+            raise TypeError("a JournaledScheduler needs a JournaledStore")
+        self._results: JournaledStore = self._store  # the same, typed as it is here
+        self._results.journal = journal
 
     # ------------------------------------------------------------------ recovery
 
@@ -112,9 +163,10 @@ class JournaledScheduler(Scheduler):
                 try:
                     fn = resolve(row.handler)
                 except (ImportError, AttributeError) as exc:
-                    fn = _unresolved(row.handler, exc)
+                    fn = _failing(f"the handler {row.handler} of a journaled task cannot be imported any more: {exc!r}")
                 handlers[row.handler] = (fn, is_coroutine_function(fn))
         now, wall = self.clock(), self.wall()
+        store = self._store
         with self.lock:
             self._auto_ids = count(recovered.next_id)
             self._id_end = recovered.next_id + _ID_BLOCK
@@ -123,7 +175,7 @@ class JournaledScheduler(Scheduler):
             for stored in sorted(recovered.results, key=lambda r: r.expires):
                 left = stored.expires - wall
                 if left <= 0:
-                    self.journal.forget(stored.task_id)
+                    self.journal.forget(dump_id(stored.task_id))
                     continue
                 status = TaskStatus(stored.status)
                 ok = status is TaskStatus.COMPLETED
@@ -131,9 +183,13 @@ class JournaledScheduler(Scheduler):
                 result = TaskResult(
                     stored.task_id, status, stored.outcome if ok else None, error, stored.retries, stored.duration_ms
                 )
-                self._dropped.extend(self._store.add(result, now - (self._ttl - left)))
+                self._results.durable[stored.task_id] = dump_id(stored.task_id)  # before add(): it may evict this one
+                self._dropped.extend(store.add(result, now - (self._ttl - left)))
             for row in recovered.tasks:
                 fn, is_coro = handlers[row.handler]
+                if row.unreadable is not None:
+                    why = f"the arguments of a journaled task cannot be read any more: {row.unreadable!r}"
+                    fn, is_coro = _failing(why), False
                 task = Task(
                     row.task_id, fn, row.args, row.kwargs, is_coro, row.priority, row.max_retries, row.timeout,
                     row.keep, row.key,
@@ -153,10 +209,10 @@ class JournaledScheduler(Scheduler):
         return len(recovered.tasks)
 
     def stage(
-        self, task: Record, handler: str, call: bytes, ack: Callable[[BaseException | None], object] | None
+        self, task: Record, handler: str, spec: bytes, ack: Callable[[BaseException | None], object] | None
     ) -> None:
         """Give the row of durable ``task`` for add() to journal. Any thread, before add()."""
-        self._staged[task] = (handler, call, ack)
+        self._staged[task] = ((handler, spec), ack)
 
     def unstage(self, task: Record) -> None:
         """add() refused ``task``: forget its row. Any thread."""
@@ -172,7 +228,7 @@ class JournaledScheduler(Scheduler):
         ack: Callable[[BaseException | None], object] | None,
     ) -> None:
         """``add()`` a durable task with its journal row (see ``stage``); raises as add() does, row forgotten."""
-        self.stage(task, row[0], row[1], ack)
+        self._staged[task] = (row, ack)  # stage(), without its call: once per durable task
         try:
             self.add(task, loop, block, due)
         except BaseException:
@@ -190,31 +246,28 @@ class JournaledScheduler(Scheduler):
         staged = self._staged.pop(task, None) if self._staged else None
         if staged is None:
             return
-        handler, call, ack = staged
+        (handler, spec), ack = staged
         task_id = task._id
         if type(task_id) is int and task_id >= self._id_end - _ID_BLOCK // 2:
             # Reserved ahead, so the reservation is on disk before an id past it is.
             self._id_end += _ID_BLOCK
             self.journal.reserve_ids(self._id_end)
-        key = self._durable[task_id] = dump_id(task_id)
+        # A generated id is its own key: dump_id's test, without its call.
+        int_key = type(task_id) is int and -_INT_KEYS <= task_id < _INT_KEYS
+        key = self._durable[task_id] = task_id if int_key else dump_id(task_id)
         wall_due = None if due is None else self.wall() + (due - self.clock())
-        row = _new_tuple(
-            StoredTask,
-            (task_id, handler, (), None, task._priority, task._max_retries, task._timeout, task._keep, task._key,
-             wall_due, 0, 0),
-        )  # fmt: skip
-        self.journal.add(row, ack, call, key)
+        self.journal.add((key, handler, spec, wall_due, 0, 0), ack)  # the columns of _journal.TASK_COLUMNS
 
     def _begin_locked(self, task: Record, now: float | None = None) -> int:
         attempt = super()._begin_locked(task, now)
         if self._durable and (key := self._durable.get(task._id)) is not None:
-            self.journal.start(task._id, attempt, key)
+            self.journal.state(key, attempt, None, task._retry_count)
         return attempt
 
     def _fail_locked(self, task: Record, error: BaseException, now: float) -> float:
         delay = super()._fail_locked(task, error, now)
         if delay >= 0 and (key := self._durable.get(task._id)) is not None:
-            self.journal.retry(task._id, self.wall() + delay, task._retry_count, key)
+            self.journal.state(key, task._attempt, self.wall() + delay, task._retry_count)
         return delay
 
     def _terminal_locked(
@@ -230,17 +283,14 @@ class JournaledScheduler(Scheduler):
             if task._keep and self._ttl > 0:
                 outcome = value if status is TaskStatus.COMPLETED else error
                 expires = self.wall() + self._ttl
+                # The status as it is (its .value is a Python-level property): the writer takes its value.
                 kept = _new_tuple(
-                    StoredResult, (task_id, status.value, outcome, result.retry_count, result.duration_ms, expires)
+                    StoredResult, (task_id, status, outcome, result.retry_count, result.duration_ms, expires)
                 )
-            self.journal.end(task_id, kept, key)
+            self.journal.end(key, kept)
+            if kept is not None:
+                self._results.durable[task_id] = key
         return result
-
-    def forget(self, task_id: Hashable) -> bool:
-        dropped = super().forget(task_id)
-        if dropped:
-            self.journal.forget(task_id)
-        return dropped
 
     def stop_accepting(self) -> bool:
         with self.lock:

@@ -16,7 +16,6 @@ clear error instead of running the same tasks twice.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import pickle
@@ -34,46 +33,47 @@ __all__ = ["JournalError", "Recovered", "SQLiteJournal", "StoredResult", "Stored
 logger = logging.getLogger("hybrid_queue")
 _new_tuple = tuple.__new__
 
-# The statements of a task's row; the writer compares them by identity.
-_ADD = (
-    "INSERT INTO tasks (task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, "
-    "retries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_START = "UPDATE tasks SET attempts = ? WHERE task_id = ?"
-_RETRY = "UPDATE tasks SET due = ?, retries = ? WHERE task_id = ?"
-_END = "DELETE FROM tasks WHERE task_id = ?"
-_ROW_OPS = frozenset({_ADD, _START, _RETRY, _END})
+# The kinds of operations the writer folds (see _Batch), compared by identity.
+_ADD = "add"  # (key, *the rest of a tasks row): a new task
+_STATE = "state"  # (key, attempts, due, retries): an attempt started, or a retry is due
+_END = "end"  # (key, result or None): the task's row goes; its result, if any, is stored
+_FORGET = "forget"  # key: a stored result goes
+_RESERVE = "reserve"  # end: generated ids up to it may be in use
+_BARRIER = "barrier"  # nothing to write: its waiter wants what came before on disk
 
-SCHEMA_VERSION = 1
-# An operation's parameters, or a function that makes them in the writer thread.
-Params = tuple[Any, ...] | Callable[[], tuple[Any, ...]]
+# 1: ids pickled; 2: an int id (64 bits) stored as itself (see dump_id). Each
+# version an older journal is migrated from has its step in _MIGRATIONS.
+SCHEMA_VERSION = 2
+Done = Callable[[BaseException | None], object]
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _PICKLE = 5  # fixed, so that one id always pickles to the same key
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+TASK_COLUMNS = "task_id, handler, spec, due, attempts, retries"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS tasks (
+_META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID"
+# Version 2. A task's options and arguments are one pickled ``spec`` (see
+# task_row): each column is a parameter the writer binds, at a cost per
+# task. seq: submission order, for recovery.
+_TASKS = """
+CREATE TABLE tasks (
     seq INTEGER PRIMARY KEY,
-    task_id BLOB NOT NULL UNIQUE,
+    task_id NOT NULL UNIQUE,
     handler TEXT NOT NULL,
-    call BLOB NOT NULL,
-    priority INTEGER NOT NULL,
-    max_retries INTEGER NOT NULL,
-    timeout REAL,
-    keep INTEGER NOT NULL,
-    key BLOB,
+    spec BLOB NOT NULL,
     due REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     retries INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS results (
-    task_id BLOB PRIMARY KEY,
+)
+"""
+_RESULTS = """
+CREATE TABLE results (
+    task_id PRIMARY KEY,
     status TEXT NOT NULL,
     outcome BLOB,
     retries INTEGER NOT NULL,
     duration_ms REAL NOT NULL,
     expires REAL NOT NULL
-) WITHOUT ROWID;
+) WITHOUT ROWID
 """
 
 
@@ -96,13 +96,14 @@ class StoredTask(NamedTuple):
     due: float | None  # wall-clock seconds since the epoch; None: at once
     attempts: int  # attempts started before the process ended
     retries: int
+    unreadable: BaseException | None = None  # why args and kwargs could not be read back (they are then empty)
 
 
 class StoredResult(NamedTuple):
     """A result read back from the journal at recovery; ``outcome`` is the value, or the error."""
 
     task_id: Any
-    status: str
+    status: Any  # a TaskStatus's value (str); end() may be given the TaskStatus itself
     outcome: Any
     retries: int
     duration_ms: float
@@ -118,9 +119,31 @@ class Recovered:
     next_id: int  # the first generated id no earlier run of this journal can have given
 
 
-def dump_id(task_id: Any) -> bytes:
-    """The key a task id is stored under."""
+def dump_id(task_id: Any) -> int | bytes:
+    """The key a task id is stored under: an int of 64 bits as itself (generated ids are), anything else pickled."""
+    if type(task_id) is int and _INT64_MIN <= task_id <= _INT64_MAX:
+        return task_id
     return pickle.dumps(task_id, _PICKLE)
+
+
+def load_id(key: int | bytes) -> Any:
+    """The task id stored under ``key`` (see dump_id)."""
+    return key if isinstance(key, int) else pickle.loads(key)
+
+
+# A task's spec: (args, kwargs, priority, max_retries, timeout, keep_result, key).
+Spec = tuple[tuple[Any, ...], dict[str, Any] | None, int, int, float | None, bool, Any]
+
+
+def dump_spec(spec: Spec) -> bytes:
+    """A task's ``spec`` column: what it is called with and its options, in one pickle."""
+    return pickle.dumps(spec, _PICKLE)
+
+
+def task_row(task: StoredTask) -> tuple[Any, ...]:
+    """``task`` as the columns of its row, in the order ``SQLiteJournal.add`` takes (``TASK_COLUMNS``)."""
+    spec = dump_spec((task.args, task.kwargs, task.priority, task.max_retries, task.timeout, task.keep, task.key))
+    return (dump_id(task.task_id), task.handler, spec, task.due, task.attempts, task.retries)
 
 
 class SQLiteJournal:
@@ -141,13 +164,14 @@ class SQLiteJournal:
         self.path = os.fspath(path)
         self.synchronous = synchronous.upper()
         self._conn: sqlite3.Connection | None = None
-        # The writer's queue: (sql, parameters, waiter) in the order they were
+        # The writer's queue: (kind, payload, waiter) in the order they were
         # put; guarded by _cond's lock. ``_closing`` ends the thread once empty.
         self._cond = threading.Condition(threading.Lock())
-        self._ops: deque[tuple[str, Params, Callable[[BaseException | None], object] | None]] = deque()
+        self._ops: deque[tuple[str, Any, Done | None]] = deque()
         self._closing = False
         self._idle = False  # the writer sleeps, or is about to: see _put
-        self._failed: BaseException | None = None
+        # The error that stopped the writer (a full disk, say), or None; set once, under _cond.
+        self.failed: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.commits = 0  # transactions committed, for tests and benchmarks
 
@@ -172,16 +196,27 @@ class SQLiteJournal:
             if str(mode).lower() != "wal":
                 raise JournalError(f"the journal {self.path!r} cannot use WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_META)
             version = _meta(conn, "schema_version")
             if version is None:
+                # A new journal. In a database that has tables of these
+                # names already (another program's), this fails: refused.
+                conn.execute(_TASKS)
+                conn.execute(_RESULTS)
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             elif version > SCHEMA_VERSION:
                 raise JournalError(
                     f"the journal {self.path!r} has schema version {version}, newer than this hybrid_queue "
                     f"reads ({SCHEMA_VERSION}); upgrade hybrid_queue, or use another file"
                 )
+            elif version < SCHEMA_VERSION:
+                # In the transaction that reads the journal: a crash in the
+                # middle leaves it as it was, at its old version.
+                for step in range(version, SCHEMA_VERSION):
+                    _MIGRATIONS[step](conn)
+                conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (SCHEMA_VERSION,))
+                logger.info("migrated the journal %r from schema version %d to %d", self.path, version, SCHEMA_VERSION)
             start = _meta(conn, "next_id") or 1
             conn.execute(
                 "INSERT INTO meta VALUES ('next_id', ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
@@ -212,95 +247,59 @@ class SQLiteJournal:
 
     # ------------------------------------------------------------------ writing
 
-    def add(
-        self,
-        task: StoredTask,
-        done: Callable[[BaseException | None], object] | None = None,
-        call: bytes | None = None,
-        key: bytes | None = None,
-    ) -> None:
-        """Journal a new task; ``done(error)`` once it is on disk (error None) or could not be. Any thread.
+    def add(self, row: tuple[Any, ...], done: Done | None = None) -> None:
+        """Journal a new task, ``row`` its columns (see ``task_row``); ``done(error)`` once on disk or not. Any thread.
 
-        ``call``: its arguments already pickled (by the submitter, outside
-        the scheduler's lock); else ``task.args`` and ``task.kwargs`` are.
+        Here and below, a task is named by its key (``dump_id`` of its id).
         """
-        self._put(
-            _ADD,
-            (
-                key or dump_id(task.task_id),
-                task.handler,
-                call if call is not None else pickle.dumps((task.args, task.kwargs), _PICKLE),
-                task.priority,
-                task.max_retries,
-                task.timeout,
-                int(task.keep),
-                None if task.key is None else pickle.dumps(task.key, _PICKLE),
-                task.due,
-                task.attempts,
-                task.retries,
-            ),
-            done,
-        )
+        self._put(_ADD, row, done)
 
-    def start(self, task_id: Any, attempt: int, key: bytes | None = None) -> None:
-        """Journal that ``attempt`` of the task started (recovery counts it as made). Any thread."""
-        self._put(_START, (attempt, key or dump_id(task_id)), None)
+    def state(self, key: int | bytes, attempts: int, due: float | None, retries: int) -> None:
+        """Journal a task's progress: attempts started, and the wall time a retry is due (None: none is). Any thread.
 
-    def retry(self, task_id: Any, due: float, retries: int, key: bytes | None = None) -> None:
-        """Journal a retry due at wall time ``due``. Any thread."""
-        self._put(_RETRY, (due, retries, key or dump_id(task_id)), None)
+        Recovery counts the attempts as made: a task that was running runs
+        again as the next attempt.
+        """
+        self._put(_STATE, (key, attempts, due, retries), None)
 
-    def end(self, task_id: Any, result: StoredResult | None, key: bytes | None = None) -> None:
+    def end(self, key: int | bytes, result: StoredResult | None) -> None:
         """Journal the end of a task: its row goes, its result (if kept) is stored. Any thread.
 
-        ``key`` (here and in ``start``, ``retry``): the task's ``dump_id``, if the caller kept it.
+        The result is pickled by the writer thread: a value's ``__reduce__``
+        is user code, and this may be called under the scheduler's lock.
         """
-        key = key or dump_id(task_id)
-        self._put(_END, (key,), None)
-        if result is not None:
-            # Pickled by the writer thread: a value's __reduce__ is user code,
-            # and this may be called under the scheduler's lock.
-            self._put(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                functools.partial(_result_row, key, result),
-                None,
-            )
+        self._put(_END, (key, result), None)
 
-    def forget(self, task_id: Any) -> None:
+    def forget(self, key: int | bytes) -> None:
         """Drop a stored result (expired, evicted or forgotten). Any thread."""
-        self._put("DELETE FROM results WHERE task_id = ?", (dump_id(task_id),), None)
+        self._put(_FORGET, key, None)
 
-    @property
-    def failed(self) -> BaseException | None:
-        """The error that stopped the writer (a full disk, say), or None. Any thread."""
-        return self._failed
-
-    def barrier(self, done: Callable[[BaseException | None], object]) -> None:
+    def barrier(self, done: Done) -> None:
         """Call ``done(error)`` once every operation put before this one is on disk. Any thread."""
-        self._put("", (), done)
+        self._put(_BARRIER, None, done)
 
     def reserve_ids(self, end: int) -> None:
         """Record that generated ids up to ``end`` may be in use. Any thread."""
-        self._put("UPDATE meta SET value = max(value, ?) WHERE name = 'next_id'", (end,), None)
+        self._put(_RESERVE, end, None)
 
-    def _put(self, sql: str, params: Params, done: Callable[[BaseException | None], object] | None) -> None:
-        if done is None and self._failed is None and not self._closing:
+    def _put(self, kind: str, payload: Any, done: Done | None) -> None:
+        if done is None and self.failed is None and not self._closing:
             # Without the lock: a deque's append is atomic, and the writer
             # takes items one by one (see _run). It is woken only when it
             # sleeps: it sets _idle, under the lock, before it looks at the
             # deque a last time and waits, so an append it did not see finds
             # _idle set and wakes it. One that lands after a failure or close
             # is never written, which is all a failed or closed journal does.
-            self._ops.append((sql, params, None))
+            self._ops.append((kind, payload, None))
             if self._idle:
                 with self._cond:
                     self._cond.notify()
             return
         with self._cond:
-            if self._failed is not None or self._closing or self._conn is None:
-                error = self._failed or JournalError(f"the journal {self.path!r} is closed")
+            if self.failed is not None or self._closing or self._conn is None:
+                error = self.failed or JournalError(f"the journal {self.path!r} is closed")
             else:
-                self._ops.append((sql, params, done))
+                self._ops.append((kind, payload, done))
                 self._cond.notify()
                 return
         # Never raised here: this runs under the scheduler's lock, in the
@@ -314,6 +313,7 @@ class SQLiteJournal:
         conn = self._conn
         assert conn is not None
         ops = self._ops
+        statements = _Statements(conn)
         while True:
             with self._cond:
                 self._idle = True
@@ -326,23 +326,9 @@ class SQLiteJournal:
             batch = [ops.popleft() for _ in range(len(ops))]
             error: BaseException | None = None
             try:
+                folded = _Batch(batch)
                 conn.execute("BEGIN IMMEDIATE")
-                # Runs of one statement go to executemany: one call into
-                # SQLite for a burst of submits, not one per task.
-                run: list[tuple[Any, ...]] = []
-                last = ""
-                passing = _passing(batch)
-                for sql, params, _ in batch:
-                    if passing and sql in _ROW_OPS and params[-1 if sql is not _ADD else 0] in passing:  # type: ignore[index]
-                        continue
-                    if sql != last:
-                        if run:
-                            conn.executemany(last, run)
-                        run, last = [], sql
-                    if sql:  # "" is a barrier: nothing to write
-                        run.append(params() if callable(params) else params)
-                if run:
-                    conn.executemany(last, run)
+                folded.write(statements)
                 conn.execute("COMMIT")
                 self.commits += 1
             except sqlite3.Error as exc:
@@ -356,10 +342,13 @@ class SQLiteJournal:
                 except sqlite3.Error:
                     pass
                 with self._cond:
-                    self._failed = error
+                    self.failed = error
             for _, _, done in batch:
                 if done is not None:
-                    done(error)
+                    try:
+                        done(error)
+                    except Exception:  # a waiter's loop closed, say: the writer goes on for the others
+                        logger.exception("a journal waiter of %r failed", self.path)
             if error is not None:
                 return
 
@@ -376,23 +365,105 @@ class SQLiteJournal:
             self._conn = None
 
 
-def _passing(batch: list[tuple[str, Params, Any]]) -> set[bytes]:
-    # Tasks added and ended within one batch (the common case under load):
-    # their row would be inserted, updated and deleted in one transaction,
-    # so it is not written at all; only their result is. Keys seen once each
-    # way only (an id added again after its end keeps its writes).
-    added: dict[Any, int] = {}
-    ended: dict[Any, int] = {}
-    for sql, params, _ in batch:
-        if sql is _ADD:
-            key = params[0]  # type: ignore[index]
-            added[key] = added.get(key, 0) + 1
-        elif sql is _END:
-            key = params[0]  # type: ignore[index]
-            ended[key] = ended.get(key, 0) + 1
-    if not ended:
-        return set()
-    return {key for key, n in ended.items() if n == 1 and added.get(key) == 1}
+class _Batch:
+    """One batch of operations folded to what it leaves: one row written per task, whatever happened to it.
+
+    A task added and ended within the batch (the common case under load)
+    writes only its result; one that started, failed and started again
+    writes its last state. Folding also makes each kind of write one run,
+    so that it goes to SQLite as a few statements of many rows (see
+    _Statements): the writer thread gives up the GIL at every statement,
+    and a loop thread busy with handlers may keep it for a switch interval
+    (5 ms) each time, so a statement per row would be a convoy.
+    """
+
+    __slots__ = ("added", "forgotten", "gone", "reserve", "results", "states")
+
+    def __init__(self, batch: list[tuple[str, Any, Done | None]]) -> None:
+        added: dict[Any, list[Any]] = {}  # rows of tasks added in this batch and still live, in order
+        gone: list[Any] = []  # rows written by an earlier batch whose task ended
+        states: dict[Any, tuple[Any, ...]] = {}  # the last state of rows written by an earlier batch
+        results: dict[Any, StoredResult] = {}
+        forgotten: dict[Any, None] = {}
+        reserve = 0
+        for kind, payload, _ in batch:
+            if kind is _STATE:
+                key = payload[0]
+                row = added.get(key)
+                if row is None:
+                    states[key] = payload
+                else:
+                    row[4], row[3], row[5] = payload[1], payload[2], payload[3]
+            elif kind is _ADD:
+                added[payload[0]] = list(payload)
+            elif kind is _END:
+                key, result = payload
+                if added.pop(key, None) is None:
+                    gone.append(key)
+                    states.pop(key, None)
+                if result is not None:
+                    results[key] = result
+                    forgotten.pop(key, None)
+            elif kind is _FORGET:
+                results.pop(payload, None)
+                forgotten[payload] = None
+            elif kind is _RESERVE:
+                reserve = max(reserve, payload)
+        self.added, self.gone, self.states = added, gone, states
+        self.results, self.forgotten, self.reserve = results, forgotten, reserve
+
+    def write(self, statements: _Statements) -> None:
+        """Write what the batch leaves, in the transaction the caller opened. Writer thread."""
+        # Deletes first: an id that ended may have been added again since.
+        statements.run(_DELETE_TASKS, [(key,) for key in self.gone])
+        statements.run(_INSERT_TASKS, self.added.values())
+        statements.run(_UPDATE_TASKS, self.states.values())
+        statements.run(_DELETE_RESULTS, [(key,) for key in self.forgotten])
+        statements.run(_INSERT_RESULTS, [_result_row(key, result) for key, result in self.results.items()])
+        if self.reserve:
+            statements.conn.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'next_id'", (self.reserve,))
+
+
+# Each statement as (text before the rows, one row's placeholders, text after the rows, columns per row).
+_Statement = tuple[str, str, str, int]
+_INSERT_TASKS: _Statement = (f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ", "(?, ?, ?, ?, ?, ?)", "", 6)
+_UPDATE_TASKS: _Statement = (
+    "UPDATE tasks SET attempts = v.column2, due = v.column3, retries = v.column4 FROM (VALUES ",
+    "(?, ?, ?, ?)", ") AS v WHERE tasks.task_id = v.column1", 4,
+)  # fmt: skip
+_DELETE_TASKS: _Statement = ("DELETE FROM tasks WHERE task_id IN (", "?", ")", 1)
+_DELETE_RESULTS: _Statement = ("DELETE FROM results WHERE task_id IN (", "?", ")", 1)
+_INSERT_RESULTS: _Statement = ("INSERT OR REPLACE INTO results VALUES ", "(?, ?, ?, ?, ?, ?)", "", 6)
+# Rows per statement: a run is cut greedily into these sizes, so that a few
+# statement texts (each prepared once) serve every length. Padding the rest
+# up to one size instead (rows of NULLs that change nothing) was measured
+# slower: binding the padding costs more than the statements it saves.
+_SIZES = (256, 64, 16, 4, 1)
+
+
+class _Statements:
+    """The writer's statements of many rows: texts made once per size, runs cut into those sizes."""
+
+    __slots__ = ("_texts", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._texts: dict[tuple[_Statement, int], str] = {}
+
+    def run(self, statement: _Statement, rows: Any) -> None:
+        """Execute ``statement`` for ``rows`` (an iterable of tuples), in few statements, in order. Writer thread."""
+        params = [value for row in rows for value in row]
+        width = statement[3]
+        start, n = 0, len(params)
+        for size in _SIZES:
+            step = size * width
+            while n - start >= step:
+                text = self._texts.get((statement, size))
+                if text is None:
+                    head, one, tail, _ = statement
+                    text = self._texts[(statement, size)] = head + ", ".join([one] * size) + tail
+                self.conn.execute(text, params[start : start + step])
+                start += step
 
 
 def _meta(conn: sqlite3.Connection, name: str) -> int | None:
@@ -400,50 +471,83 @@ def _meta(conn: sqlite3.Connection, name: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+def _from_version_1(conn: sqlite3.Connection) -> None:
+    # 1 -> 2: ids that are ints of 64 bits, pickled in version 1, are
+    # stored as themselves; a task's arguments (column ``call``) and options
+    # (a column each) become its spec.
+    conn.execute("ALTER TABLE tasks RENAME TO tasks_1")
+    conn.execute(_TASKS)
+    rows = []
+    old = "SELECT seq, task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, retries"
+    for seq, task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, retries in conn.execute(
+        old + " FROM tasks_1 ORDER BY seq"
+    ):
+        try:
+            args, kwargs = pickle.loads(call)
+            key = None if key is None else pickle.loads(key)
+        except Exception as exc:  # kept, to fail when it runs: see _read_tasks
+            args, kwargs, key = (_Unreadable(repr(exc)),), None, None
+        spec = dump_spec((args, kwargs, priority, max_retries, timeout, bool(keep), key))
+        rows.append((seq, dump_id(pickle.loads(task_id)), handler, spec, due, attempts, retries))
+    conn.executemany(f"INSERT INTO tasks (seq, {TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("DROP TABLE tasks_1")
+    ids = [(dump_id(pickle.loads(key)), key) for (key,) in conn.execute("SELECT task_id FROM results")]
+    conn.executemany("UPDATE results SET task_id = ? WHERE task_id = ?", [(new, old) for new, old in ids if new != old])
+
+
+# Version N -> N + 1, each in the transaction that opens the journal.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _from_version_1}
+
+
+class _Unreadable(NamedTuple):
+    # Stands for the arguments of a version 1 row that could not be read when
+    # it was migrated: the task fails as one unreadable now would.
+    reason: str
+
+
 def _read_tasks(conn: sqlite3.Connection) -> list[StoredTask]:
     tasks: list[StoredTask] = []
-    rows = conn.execute(
-        "SELECT task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, retries "
-        "FROM tasks ORDER BY seq"
-    )
+    rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY seq")
     loads = pickle.loads
     append = tasks.append
-    for task_id, handler, call, priority, max_retries, timeout, keep, key, due, attempts, retries in rows:
-        args, kwargs = loads(call)
+    integer = int
+    for task_id, handler, spec, due, attempts, retries in rows:
+        task_id = task_id if type(task_id) is integer else loads(task_id)
+        unreadable: BaseException | None = None
+        try:
+            args, kwargs, priority, max_retries, timeout, keep, key = loads(spec)
+            if args and type(args[0]) is _Unreadable:
+                unreadable = pickle.UnpicklingError(args[0].reason)
+        except Exception as exc:
+            # A class renamed or gone since: the task fails when it runs,
+            # with this error, instead of keeping the journal from opening.
+            unreadable = exc
+            args, kwargs, priority, max_retries, timeout, keep, key = (), None, 0, 0, None, True, None
         # tuple.__new__ directly: the NamedTuple's own __new__ is a Python frame.
         append(
             _new_tuple(
                 StoredTask,
-                (
-                    loads(task_id),
-                    handler,
-                    args,
-                    kwargs,
-                    priority,
-                    max_retries,
-                    timeout,
-                    bool(keep),
-                    None if key is None else loads(key),
-                    due,
-                    attempts,
-                    retries,
-                ),
+                (task_id, handler, args, kwargs, priority, max_retries, timeout, keep, key, due, attempts, retries,
+                 unreadable),
             )
-        )
+        )  # fmt: skip
     return tasks
 
 
 def _read_results(conn: sqlite3.Connection) -> list[StoredResult]:
     rows = conn.execute("SELECT task_id, status, outcome, retries, duration_ms, expires FROM results")
     return [
-        StoredResult(pickle.loads(task_id), status, None if outcome is None else pickle.loads(outcome), r, d, e)
+        StoredResult(load_id(task_id), status, None if outcome is None else pickle.loads(outcome), r, d, e)
         for task_id, status, outcome, r, d, e in rows
     ]
 
 
-def _result_row(key: bytes, result: StoredResult) -> tuple[Any, ...]:
+def _result_row(key: int | bytes, result: StoredResult) -> tuple[Any, ...]:
+    status = result.status if type(result.status) is str else result.status.value  # a TaskStatus from the queue
+    if result.outcome is None:
+        return (key, status, None, result.retries, result.duration_ms, result.expires)
     try:
         outcome = pickle.dumps(result.outcome, _PICKLE)
     except Exception as exc:  # an unpicklable value or error: kept as its description
         outcome = pickle.dumps(RuntimeError(f"the outcome did not pickle ({exc!r}): {result.outcome!r}"), _PICKLE)
-    return (key, result.status, outcome, result.retries, result.duration_ms, result.expires)
+    return (key, status, outcome, result.retries, result.duration_ms, result.expires)

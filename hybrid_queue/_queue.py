@@ -19,7 +19,7 @@ from typing import Any, TypeVar, TypeVarTuple, overload
 
 from ._background import LoopThread
 from ._clock import Clock
-from ._durable import JournaledScheduler, handler_path, pickled_call
+from ._durable import JournaledScheduler, JournaledStore, handler_path, pickled_spec
 from ._errors import QueueFull
 from ._events import TaskEvent
 from ._interrupt import arm, shielded
@@ -154,7 +154,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
             workers=workers,
             max_queue_size=max_queue_size,
             policy=self._policy,
-            store=ResultStore(ttl, max_results, max_bytes=max_result_bytes),
+            store=(ResultStore if journal is None else JournaledStore)(ttl, max_results, max_bytes=max_result_bytes),
             clock=clock,
             aging=aging,
         )
@@ -289,7 +289,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
             due = self._check_when(key, delay, not_before)
         row = None
         if durable is not None or self._journaled:
-            row = self._durable_row(fn, args, kwargs, durable)
+            row = self._durable_row(fn, args, kwargs, durable, priority, max_retries, timeout, keep_result, key)
         loop = self._caller_loop("submit")
         handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout, keep_result)
         if key is not None:
@@ -371,7 +371,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
             due = self._check_when(key, delay, not_before)
         row = None
         if durable is not None or self._journaled:
-            row = self._durable_row(fn, args, kwargs, durable)
+            row = self._durable_row(fn, args, kwargs, durable, priority, max_retries, timeout, keep_result, key)
         loop = self._caller_loop("submit_nowait")
         handle = self._handle(loop, task_id, fn, args, kwargs, is_coro, priority, max_retries, timeout, keep_result)
         if key is not None:
@@ -500,10 +500,11 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         calls = None
         path = ""
         if durable is not None or self._journaled:
-            row = self._durable_row(fn, (), {}, durable)
+            row = self._durable_row(fn, (), {}, durable, priority, max_retries, timeout, keep_result, None)
             if row is not None:
                 path = row[0]
-                calls = [pickled_call(args, None) for args in batch]
+                options = (priority, max_retries, timeout, keep_result, None)
+                calls = [pickled_spec((args, None, *options)) for args in batch]
         handle = self._handle
         # An empty batch still goes to add_many, which refuses a queue that is shutting down.
         handles: list[TaskHandle[Any]] = [
@@ -607,7 +608,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
             due = self._check_when(key, delay, not_before)
         row = None
         if durable is not None or self._journaled:
-            row = self._durable_row(fn, args, kwargs, durable)
+            row = self._durable_row(fn, args, kwargs, durable, priority, max_retries, timeout, keep_result, key)
         task = Task(task_id, fn, args, kwargs or None, is_coro, priority, max_retries, timeout, keep_result, key)
         future: TaskFuture[Any] = TaskFuture(self)
         task._cfuture = future
@@ -623,9 +624,18 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         return future
 
     def _durable_row(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], durable: bool | None
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        durable: bool | None,
+        priority: int,
+        max_retries: int,
+        timeout: float | None,
+        keep: bool,
+        key: Hashable | None,
     ) -> tuple[str, bytes] | None:
-        # The journal row of a durable task (handler path, pickled call), or
+        # The journal row of a durable task (handler path, pickled spec), or
         # None for a task that is not durable; raises before anything changes.
         if durable is not None:
             check_bool("durable", durable)
@@ -645,7 +655,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
                 self._last_path = (weakref.ref(fn), path)
             except TypeError:  # not weakly referenceable: not cached
                 pass
-        return path, pickled_call(args, kwargs or None)
+        return path, pickled_spec((args, kwargs or None, priority, max_retries, timeout, keep, key))
 
     async def _add_durable(
         self, handle: TaskHandle[Any], loop: asyncio.AbstractEventLoop, due: float | None, row: tuple[str, bytes]
@@ -653,8 +663,13 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         # submit() of a durable task: returns once its row is on disk.
         ack: asyncio.Future[None] = loop.create_future()
 
+        at_loop = self._sched.at_loop
+
         def done(error: BaseException | None) -> None:  # the journal's writer thread
-            loop.call_soon_threadsafe(_settle_ack_on_loop, ack, error)
+            # Through the queue's bridge (bound to this loop by add(), or
+            # add() raised): a commit's acknowledgements wake the loop once.
+            assert at_loop.bridge is not None
+            at_loop.bridge.post(_settle_ack_on_loop, ack, error)
 
         while True:
             try:

@@ -18,6 +18,7 @@ from _durable_handlers import record
 
 from hybrid_queue import HybridQueue, SQLiteJournal, TaskStatus
 from hybrid_queue._journal import JournalError, dump_id
+from hybrid_queue.testing import FakeClock
 
 pytestmark = pytest.mark.durable
 
@@ -183,3 +184,63 @@ async def test_a_durable_batch_is_on_disk_when_submit_many_returns(tmp_path, mon
         await other.submit_many(lambda x: x, [1])
     assert other.stats().submitted == 0
     await other.shutdown()
+
+
+async def test_results_leave_the_journal_with_the_store(tmp_path, monkeypatch):
+    # Expired, evicted or forgotten: the journal holds no more results than the store.
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    clock = FakeClock()
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(2, journal=path, max_results=3, result_ttl=60.0, clock=clock)
+    await q.start()
+    handles = [await q.submit(record, i) for i in range(5)]
+    await asyncio.gather(*handles)
+    assert q.forget(handles[4].task_id) is True
+    await q.sync_journal()
+    await q.shutdown()
+    again = HybridQueue(2, journal=path, result_ttl=60.0, clock=clock)
+    kept = set(again._sched._store._results)  # what the journal gave back
+    assert kept == {handles[2].task_id, handles[3].task_id}  # 0 and 1 evicted, 4 forgotten
+    await again.start()
+    await clock.sleep(61)  # past the ttl: both expire, here and in the journal
+    assert again.stats().results_stored == 0
+    await again.sync_journal()
+    await again.shutdown()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
+    conn.close()
+
+
+async def test_generated_ids_are_stored_as_integers(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(1, journal=path)  # never started: the rows stay
+    await q.submit(record, 1)
+    await q.submit(record, 2, task_id="invoice:7")
+    await q.shutdown()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT typeof(task_id) FROM tasks ORDER BY seq").fetchall()
+    conn.close()
+    assert rows == [("integer",), ("blob",)]
+
+
+async def test_a_task_whose_arguments_cannot_be_read_back_fails_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(1, journal=path)
+    bad = await q.submit(record, 1)
+    good = await q.submit(record, 2)
+    await q.shutdown()
+    conn = sqlite3.connect(path)
+    # A pickle naming a class that is gone, as after a rename.
+    conn.execute("UPDATE tasks SET spec = ? WHERE task_id = ?", (b"\x80\x05cno_such_module\nGone\n)\x81.", bad.task_id))
+    conn.commit()
+    conn.close()
+
+    again = HybridQueue(1, journal=path)
+    await again.start()
+    await again.shutdown()
+    failed = await again.get_result(bad.task_id)
+    assert failed.status is TaskStatus.FAILED
+    assert "the arguments of a journaled task cannot be read any more" in str(failed.error)
+    assert (await again.get_result(good.task_id)).result == 4

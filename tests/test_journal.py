@@ -1,7 +1,10 @@
-"""The journal component (not yet wired into the queue): group commit, one writer, recovery, clear errors."""
+"""The journal: group commit, one writer, recovery, migration from older layouts, clear errors."""
 
 from __future__ import annotations
 
+import functools
+import pickle
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -9,7 +12,7 @@ import time
 
 import pytest
 
-from hybrid_queue._journal import JournalError, SQLiteJournal, StoredResult, StoredTask
+from hybrid_queue._journal import JournalError, SQLiteJournal, StoredResult, StoredTask, dump_id, task_row
 
 pytestmark = pytest.mark.unit
 
@@ -24,9 +27,9 @@ def test_tasks_and_results_survive_a_reopen_and_ids_are_reserved(tmp_path):
     assert journal.open(id_block=100).next_id == 1
     acked = threading.Semaphore(0)
     for i in range(10):
-        journal.add(task(i), lambda error: acked.release())
+        journal.add(task_row(task(i)), lambda error: acked.release())
     for i in range(4):
-        journal.end(("t", i), StoredResult(("t", i), "completed", i * 2, 0, 1.5, time.time() + 60))
+        journal.end(dump_id(("t", i)), StoredResult(("t", i), "completed", i * 2, 0, 1.5, time.time() + 60))
     for _ in range(10):
         assert acked.acquire(timeout=10)
     journal.close()
@@ -83,8 +86,103 @@ def test_bursts_share_transactions(tmp_path):
     journal.open()
     done = threading.Semaphore(0)
     for i in range(2000):
-        journal.add(task(i), lambda error: done.release())
+        journal.add(task_row(task(i)), lambda error: done.release())
     for _ in range(2000):
         assert done.acquire(timeout=10)
     journal.close()
     assert journal.commits < 2000
+
+
+# Version 1's layout, as hybrid_queue 0.x wrote it: ids and options in columns of their own.
+_VERSION_1 = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE tasks (
+    seq INTEGER PRIMARY KEY, task_id BLOB NOT NULL UNIQUE, handler TEXT NOT NULL, call BLOB NOT NULL,
+    priority INTEGER NOT NULL, max_retries INTEGER NOT NULL, timeout REAL, keep INTEGER NOT NULL, key BLOB,
+    due REAL, attempts INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE results (
+    task_id BLOB PRIMARY KEY, status TEXT NOT NULL, outcome BLOB, retries INTEGER NOT NULL,
+    duration_ms REAL NOT NULL, expires REAL NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta VALUES ('schema_version', 1), ('next_id', 40);
+"""
+
+
+def test_a_version_1_journal_is_migrated_when_opened(tmp_path):
+    path = tmp_path / "tasks.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_VERSION_1)
+    p = functools.partial(pickle.dumps, protocol=5)
+    rows = [
+        (p(7), "tests._helpers:double", p(((7,), None)), 2, 3, 1.5, 1, None, None, 1, 0),
+        (p("s"), "tests._helpers:double", p(((8,), {"k": 1})), 0, 0, None, 0, p("tenant"), 9e9, 0, 0),
+        (p(9), "tests._helpers:double", b"\x80\x05cno_such_module\nGone\n)\x81.", 0, 0, None, 1, None, None, 0, 0),
+    ]
+    conn.executemany("INSERT INTO tasks (task_id, handler, call, priority, max_retries, timeout, keep, key, due, "
+                     "attempts, retries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)  # fmt: skip
+    conn.execute("INSERT INTO results VALUES (?, 'completed', ?, 0, 1.0, ?)", (p(3), p(6), time.time() + 60))
+    conn.commit()
+    conn.close()
+
+    journal = SQLiteJournal(path)
+    recovered = journal.open()
+    journal.close()
+    seven, s, nine = recovered.tasks
+    assert seven == StoredTask(7, "tests._helpers:double", (7,), None, 2, 3, 1.5, True, None, None, 1, 0)
+    assert (s.task_id, s.args, s.kwargs, s.keep, s.key, s.due) == ("s", (8,), {"k": 1}, False, "tenant", 9e9)
+    assert nine.task_id == 9 and "no_such_module" in repr(nine.unreadable)
+    assert [(r.task_id, r.outcome) for r in recovered.results] == [(3, 6)]
+    assert recovered.next_id == 40
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == (2,)
+    assert conn.execute("SELECT typeof(task_id) FROM tasks ORDER BY seq").fetchall() == [
+        ("integer",), ("blob",), ("integer",)
+    ]  # fmt: skip
+    assert conn.execute("SELECT typeof(task_id) FROM results").fetchall() == [("integer",)]
+    conn.close()
+
+
+def test_a_batch_folds_to_the_last_state_of_each_task(tmp_path):
+    # Added and ended in one batch: only the result; started twice: the last state; re-added after its end: there.
+    path = tmp_path / "tasks.db"
+    journal = SQLiteJournal(path)
+    journal.open()
+    journal.add(task_row(task(0)))
+    journal.barrier(lambda error: None)
+    written = threading.Event()
+    # One extend: the writer takes all of it or none, so this is one batch.
+    journal._ops.extend([
+        ("state", (dump_id(("t", 0)), 1, None, 0), None),
+        ("state", (dump_id(("t", 0)), 2, 123.0, 1), None),
+        ("add", task_row(task(1)), None),
+        ("state", (dump_id(("t", 1)), 1, None, 0), None),
+        ("end", (dump_id(("t", 1)), StoredResult(("t", 1), "completed", 2, 0, 1.0, time.time() + 60)), None),
+        ("add", task_row(task(1)), None),
+    ])  # fmt: skip
+    journal._put("barrier", None, lambda error: written.set())
+    assert written.wait(10)
+    journal.close()
+    again = SQLiteJournal(path)
+    recovered = again.open()
+    again.close()
+    assert [(t.task_id, t.attempts, t.due, t.retries) for t in recovered.tasks] == [
+        (("t", 0), 2, 123.0, 1), (("t", 1), 0, None, 0)
+    ]  # fmt: skip
+    assert [(r.task_id, r.outcome) for r in recovered.results] == [(("t", 1), 2)]
+
+
+def test_a_failing_waiter_does_not_stop_the_writer(tmp_path):
+    # A waiter whose loop closed raises; the writer goes on with the others.
+    journal = SQLiteJournal(tmp_path / "tasks.db")
+    journal.open()
+
+    def closed(error: BaseException | None) -> None:
+        raise RuntimeError("Event loop is closed")
+
+    journal.add(task_row(task(0)), closed)
+    acked = threading.Event()
+    journal.add(task_row(task(1)), lambda error: acked.set())
+    assert acked.wait(10)
+    assert journal.failed is None
+    journal.close()
