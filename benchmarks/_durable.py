@@ -11,6 +11,7 @@ functions of this module: a durable task's handler is stored by its import path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gc
@@ -25,7 +26,7 @@ from typing import Any
 
 from hybrid_queue import HybridQueue
 
-from ._harness import WORKERS, Settings, Tally, check_equal, run_async
+from ._harness import WORKERS, Settings, Tally, check_equal, run_async, slices
 from ._plots import figure, save, title
 from ._registry import Group, Mark, SummaryRow, Tick, register
 from ._report import SELF, Column, mark, table
@@ -34,11 +35,20 @@ __all__ = ["GROUP", "METHOD", "noop", "noop_sync"]
 
 NOWAIT, NOWAIT_DURABLE = "hybrid_queue: submit_nowait", "hybrid_queue: submit_nowait + sync_journal, journal="
 AWAIT, AWAIT_DURABLE = "hybrid_queue: await submit", "hybrid_queue: await submit, journal="
+SUBMITTERS = 100  # coroutines awaiting submit side by side, in the group-commit rows
+SIDE, SIDE_DURABLE = (
+    f"hybrid_queue: await submit, {SUBMITTERS} submitters",
+    f"hybrid_queue: await submit, {SUBMITTERS} submitters, journal=",
+)
 HUEY = "huey: SqliteHuey enqueue, dequeue + execute"
 PERSIST = "persist-queue: SQLiteAckQueue put, get + ack"
 PEERS = (HUEY, PERSIST)
 # Each durable row, its row without a journal, and its path's name.
-PAIRS = ((NOWAIT_DURABLE, NOWAIT, "submit_nowait + sync_journal"), (AWAIT_DURABLE, AWAIT, "await submit"))
+PAIRS = (
+    (NOWAIT_DURABLE, NOWAIT, "submit_nowait + sync_journal"),
+    (SIDE_DURABLE, SIDE, f"await submit, {SUBMITTERS} submitters"),
+    (AWAIT_DURABLE, AWAIT, "await submit"),
+)
 COST = 3.0  # target: a durable task's time over the same path's without a journal, at most
 LEAD = 10.0  # target: durable tasks/s over each peer's, at least
 RECOVERY_S = 1.0  # target: seconds from the queue's construction to the first handler's start
@@ -48,7 +58,9 @@ METHOD = {
     "file to its shutdown (file closed); rounds interleaved, gc.collect() before each, medians. hybrid_queue: "
     f"{WORKERS} workers, coroutine handlers, default keep_result (with a journal, each result is written too), "
     "then each handle awaited in turn; submit_nowait rows: every task submitted, then (journal=) one "
-    "sync_journal(); await submit rows: each submit returns once the task's row is committed (with a journal). "
+    "sync_journal(); await submit rows: each submit returns once the task's row is committed (with a journal), "
+    f"one after the other, or from {SUBMITTERS} coroutines side by side (each a slice of the tasks; their "
+    "submits share commits). "
     "The peers in one thread as their own consumers do, each call committed before it returns: huey "
     "(@huey.task() then one call per task to enqueue; then huey.dequeue() + huey.execute() until empty; dequeue "
     "deletes the row in the transaction that reads it, huey's ack; None results are not stored) and "
@@ -112,24 +124,31 @@ def _left_in_journal(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
 
 
-async def _hybrid(n: int, path: Path | None, nowait: bool) -> float:
+async def _hybrid(n: int, path: Path | None, how: str) -> float:
     record = _record.reset(n)
     started = perf_counter()
     queue = HybridQueue(WORKERS, journal=path)
     await queue.start()
-    if nowait:
+    submit = queue.submit
+    if how == "nowait":
         submit_nowait = queue.submit_nowait
         handles = [submit_nowait(noop, i) for i in range(n)]
         if path is not None:
             await queue.sync_journal()
-    else:
-        submit = queue.submit
+    elif how == "await":
         handles = [await submit(noop, i) for i in range(n)]
+    else:
+
+        async def submitter(part: range) -> list[Any]:
+            return [await submit(noop, i) for i in part]
+
+        parts = await asyncio.gather(*(submitter(part) for part in slices(n, SUBMITTERS)))
+        handles = [handle for part in parts for handle in part]
     for handle in handles:
         await handle
     await queue.shutdown()
     elapsed = perf_counter() - started
-    who = f"durable group, {'submit_nowait' if nowait else 'await submit'}, journal={path is not None}"
+    who = f"durable group, {how}, journal={path is not None}"
     record.check(who)
     check_equal(who, "stats().completed", queue.stats().completed, n)
     if path is not None:
@@ -177,7 +196,8 @@ def _persist(n: int, path: Path) -> float:
 
 
 def _throughput(sizes: _Sizes, loop: str, root: Path, tick: Tick) -> list[dict[str, Any]]:
-    names = (NOWAIT, NOWAIT_DURABLE, AWAIT, AWAIT_DURABLE, HUEY, PERSIST)
+    names = (NOWAIT, NOWAIT_DURABLE, SIDE, SIDE_DURABLE, AWAIT, AWAIT_DURABLE, HUEY, PERSIST)
+    how = {NOWAIT: "nowait", NOWAIT_DURABLE: "nowait", SIDE: "side", SIDE_DURABLE: "side"}
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(sizes.rounds):
         for k, name in enumerate(names):
@@ -189,7 +209,7 @@ def _throughput(sizes: _Sizes, loop: str, root: Path, tick: Tick) -> list[dict[s
                 samples[name].append(peer(sizes.n, where / file))
             else:
                 path = where / "journal.db" if "journal=" in name else None
-                run = functools.partial(_hybrid, sizes.n, path, name in (NOWAIT, NOWAIT_DURABLE))
+                run = functools.partial(_hybrid, sizes.n, path, how.get(name, "await"))
                 samples[name].append(run_async(loop, run))
             shutil.rmtree(where)
         tick(0.7 * (r + 1) / sizes.rounds)
