@@ -33,7 +33,8 @@ __all__ = ["JournaledScheduler", "JournaledStore", "handler_path", "pickled_spec
 _new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__
 # Ids are generated this many ahead of what the journal has reserved.
 _ID_BLOCK = 1024
-_INT_KEYS = 2**63  # ints of 64 bits are their own key in the journal (see dump_id)
+# Each status's value, looked up: an Enum's .value is a Python-level property.
+_VALUE = {status: status.value for status in TaskStatus}
 Staged = tuple[tuple[str, bytes], Callable[[BaseException | None], object] | None]
 
 
@@ -95,9 +96,9 @@ class JournaledStore(ResultStore):
 
     __slots__ = ("durable", "journal")
 
-    def __init__(self, ttl: float, max_results: int, **kwargs: Any) -> None:
+    def __init__(self, journal: SQLiteJournal, ttl: float, max_results: int, **kwargs: Any) -> None:
         super().__init__(ttl, max_results, **kwargs)
-        self.journal: SQLiteJournal | None = None  # set by the JournaledScheduler
+        self.journal = journal
         # Ids of the stored results that are in the journal, each with its key there.
         self.durable: dict[Hashable, int | bytes] = {}
 
@@ -109,7 +110,7 @@ class JournaledStore(ResultStore):
 
     def clear(self) -> None:
         for key in self.durable.values():
-            self._forget_key(key)
+            self.journal.forget(key)
         self.durable = {}
         super().clear()
 
@@ -122,11 +123,7 @@ class JournaledStore(ResultStore):
     def _forget(self, task_id: Hashable) -> None:
         key = self.durable.pop(task_id, None)
         if key is not None:
-            self._forget_key(key)
-
-    def _forget_key(self, key: int | bytes) -> None:
-        assert self.journal is not None
-        self.journal.forget(key)
+            self.journal.forget(key)
 
 
 class JournaledScheduler(Scheduler):
@@ -146,10 +143,9 @@ class JournaledScheduler(Scheduler):
         self._keeping = False
         self._id_end = 0
         self._ttl = self._store.ttl
-        if not isinstance(self._store, JournaledStore):
-            raise TypeError("a JournaledScheduler needs a JournaledStore")
+        if not isinstance(self._store, JournaledStore) or self._store.journal is not journal:
+            raise TypeError("a JournaledScheduler needs a JournaledStore of its journal")
         self._results: JournaledStore = self._store  # the same, typed as it is here
-        self._results.journal = journal
 
     # ------------------------------------------------------------------ recovery
 
@@ -209,10 +205,10 @@ class JournaledScheduler(Scheduler):
         return len(recovered.tasks)
 
     def stage(
-        self, task: Record, handler: str, spec: bytes, ack: Callable[[BaseException | None], object] | None
+        self, task: Record, row: tuple[str, bytes], ack: Callable[[BaseException | None], object] | None
     ) -> None:
-        """Give the row of durable ``task`` for add() to journal. Any thread, before add()."""
-        self._staged[task] = ((handler, spec), ack)
+        """Give the row of durable ``task`` (handler path, spec) for add() to journal. Any thread, before add()."""
+        self._staged[task] = (row, ack)
 
     def unstage(self, task: Record) -> None:
         """add() refused ``task``: forget its row. Any thread."""
@@ -252,9 +248,7 @@ class JournaledScheduler(Scheduler):
             # Reserved ahead, so the reservation is on disk before an id past it is.
             self._id_end += _ID_BLOCK
             self.journal.reserve_ids(self._id_end)
-        # A generated id is its own key: dump_id's test, without its call.
-        int_key = type(task_id) is int and -_INT_KEYS <= task_id < _INT_KEYS
-        key = self._durable[task_id] = task_id if int_key else dump_id(task_id)
+        key = self._durable[task_id] = dump_id(task_id)
         wall_due = None if due is None else self.wall() + (due - self.clock())
         self.journal.add((key, handler, spec, wall_due, 0, 0), ack)  # the columns of _journal.TASK_COLUMNS
 
@@ -283,9 +277,9 @@ class JournaledScheduler(Scheduler):
             if task._keep and self._ttl > 0:
                 outcome = value if status is TaskStatus.COMPLETED else error
                 expires = self.wall() + self._ttl
-                # The status as it is (its .value is a Python-level property): the writer takes its value.
                 kept = _new_tuple(
-                    StoredResult, (task_id, status, outcome, result.retry_count, result.duration_ms, expires)
+                    StoredResult,
+                    (task_id, _VALUE[status], outcome, result.retry_count, result.duration_ms, expires),
                 )
             self.journal.end(key, kept)
             if kept is not None:

@@ -103,7 +103,7 @@ class StoredResult(NamedTuple):
     """A result read back from the journal at recovery; ``outcome`` is the value, or the error."""
 
     task_id: Any
-    status: Any  # a TaskStatus's value (str); end() may be given the TaskStatus itself
+    status: str  # a TaskStatus's value
     outcome: Any
     retries: int
     duration_ms: float
@@ -543,11 +543,10 @@ def _read_results(conn: sqlite3.Connection) -> list[StoredResult]:
 
 
 def _result_row(key: int | bytes, result: StoredResult) -> tuple[Any, ...]:
-    status = result.status if type(result.status) is str else result.status.value  # a TaskStatus from the queue
     if result.outcome is None:
-        return (key, status, None, result.retries, result.duration_ms, result.expires)
+        return (key, result.status, None, result.retries, result.duration_ms, result.expires)
     try:
         outcome = pickle.dumps(result.outcome, _PICKLE)
     except Exception as exc:  # an unpicklable value or error: kept as its description
         outcome = pickle.dumps(RuntimeError(f"the outcome did not pickle ({exc!r}): {result.outcome!r}"), _PICKLE)
-    return (key, status, outcome, result.retries, result.duration_ms, result.expires)
+    return (key, result.status, outcome, result.retries, result.duration_ms, result.expires)

@@ -154,7 +154,11 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
             workers=workers,
             max_queue_size=max_queue_size,
             policy=self._policy,
-            store=(ResultStore if journal is None else JournaledStore)(ttl, max_results, max_bytes=max_result_bytes),
+            store=(
+                ResultStore(ttl, max_results, max_bytes=max_result_bytes)
+                if journal is None
+                else JournaledStore(journal, ttl, max_results, max_bytes=max_result_bytes)
+            ),
             clock=clock,
             aging=aging,
         )
@@ -514,7 +518,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
             # Durable: staged for add_many, and on disk before this returns (one barrier for the batch).
             stage = self._journal_sched.stage
             for task, call in zip(handles, calls, strict=True):
-                stage(task, path, call, None)
+                stage(task, (path, call), None)
         try:
             while True:
                 try:
