@@ -20,19 +20,9 @@ from pathlib import Path
 # (the same one an editable install links to).
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
 
-from _durable_handlers import record  # noqa: E402
+from _durable_handlers import append, record  # noqa: E402
 
 from hybrid_queue import DuplicateTaskError, HybridQueue  # noqa: E402
-
-
-def append(path: str, line: str) -> None:
-    # One write of a whole line with O_APPEND: lines never interleave, and a
-    # kill leaves at most one line unwritten.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
 
 
 async def main(journal: str, acks: str, runs: str, total: int, finish: bool, done: set[str]) -> None:

@@ -6,12 +6,17 @@ import os
 import time
 
 
-def record(i: int) -> int:
-    """Append ``i`` to the file named by $HQ_RUNS (one line per run), take a moment, return i * i."""
-    fd = os.open(os.environ["HQ_RUNS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+def append(path: str, line: str) -> None:
+    """Append ``line`` in one write with O_APPEND: lines never interleave, and a kill leaves at most one unwritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        os.write(fd, f"{i}\n".encode())
+        os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def record(i: int) -> int:
+    """Append ``i`` to the file named by $HQ_RUNS (one line per run), take a moment, return i * i."""
+    append(os.environ["HQ_RUNS"], f"{i}\n")
     time.sleep(0.001)
     return i * i
