@@ -204,9 +204,7 @@ class JournaledScheduler(Scheduler):
         del dropped
         return len(recovered.tasks)
 
-    def stage(
-        self, task: Record, row: tuple[str, bytes], ack: Callable[[BaseException | None], object] | None
-    ) -> None:
+    def stage(self, task: Record, row: tuple[str, bytes], ack: Callable[[BaseException | None], object] | None) -> None:
         """Give the row of durable ``task`` (handler path, spec) for add() to journal. Any thread, before add()."""
         self._staged[task] = (row, ack)
 
