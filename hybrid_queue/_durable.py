@@ -21,7 +21,7 @@ from itertools import count
 from typing import Any
 
 from ._errors import CallError
-from ._journal import Spec, SQLiteJournal, StoredResult, dump_id, dump_spec
+from ._journal import NO_DUE, Spec, SQLiteJournal, StoredResult, dump_id, dump_spec
 from ._scheduler import Scheduler
 from ._state import CANCELLED
 from ._store import ResultStore
@@ -247,13 +247,13 @@ class JournaledScheduler(Scheduler):
             self._id_end += _ID_BLOCK
             self.journal.reserve_ids(self._id_end)
         key = self._durable[task_id] = dump_id(task_id)
-        wall_due = None if due is None else self.wall() + (due - self.clock())
+        wall_due = NO_DUE if due is None else self.wall() + (due - self.clock())
         self.journal.add((key, handler, spec, wall_due, 0, 0), ack)  # the columns of _journal.TASK_COLUMNS
 
     def _begin_locked(self, task: Record, now: float | None = None) -> int:
         attempt = super()._begin_locked(task, now)
         if self._durable and (key := self._durable.get(task._id)) is not None:
-            self.journal.state(key, attempt, None, task._retry_count)
+            self.journal.state(key, attempt, NO_DUE, task._retry_count)
         return attempt
 
     def _fail_locked(self, task: Record, error: BaseException, now: float) -> float:

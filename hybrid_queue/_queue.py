@@ -682,7 +682,9 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
                 await self._sched.wait_for_room(loop)
             else:
                 break
-        await asyncio.shield(ack)
+        # Not shielded: a submitter cancelled here cancels only its wait (the
+        # task is queued, and its row goes to disk all the same).
+        await ack
         return handle
 
     async def sync_journal(self) -> None:

@@ -20,3 +20,7 @@ def record(i: int) -> int:
     append(os.environ["HQ_RUNS"], f"{i}\n")
     time.sleep(0.001)
     return i * i
+
+
+def nothing(i: int) -> None:
+    """Return None (a result whose value is None), running nothing."""

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from _durable_handlers import record
+from _durable_handlers import nothing, record
 
 from hybrid_queue import HybridQueue, SQLiteJournal, TaskStatus
 from hybrid_queue._journal import JournalError, dump_id
@@ -222,6 +222,43 @@ async def test_generated_ids_are_stored_as_integers(tmp_path, monkeypatch):
     rows = conn.execute("SELECT typeof(task_id) FROM tasks ORDER BY seq").fetchall()
     conn.close()
     assert rows == [("integer",), ("blob",)]
+
+
+async def test_an_absent_due_time_or_value_is_stored_as_null(tmp_path, monkeypatch):
+    # The writer binds them as values its statements turn back into NULL (see _journal.NO_DUE).
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(1, journal=path)
+    now = await q.submit(record, 1)
+    later = await q.submit(record, 2, delay=3600)
+    await q.start()
+    await now
+    none = await q.submit(nothing, 3)
+    await none
+    await q.sync_journal()
+    await q.shutdown()
+    conn = sqlite3.connect(path)
+    tasks = conn.execute("SELECT task_id, typeof(spec), typeof(due) FROM tasks").fetchall()
+    results = dict(conn.execute("SELECT task_id, typeof(outcome) FROM results").fetchall())
+    conn.close()
+    assert tasks == [(later.task_id, "blob", "real")]
+    assert results == {now.task_id: "blob", none.task_id: "null"}
+
+
+async def test_a_submitter_cancelled_while_its_row_is_written_leaves_the_task_queued(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(1, journal=path)
+    await q.start()
+    submitting = asyncio.create_task(q.submit(record, 5))
+    await asyncio.sleep(0)  # queued; waiting for its row to be committed
+    assert q.stats().submitted == 1
+    submitting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await submitting
+    await q.shutdown()  # drains: the task runs all the same
+    assert (tmp_path / "runs").read_text() == "5\n"
+    assert q.stats().completed == 1
 
 
 async def test_a_task_whose_arguments_cannot_be_read_back_fails_alone(tmp_path, monkeypatch):
