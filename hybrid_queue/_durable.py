@@ -35,7 +35,8 @@ _new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__
 _ID_BLOCK = 1024
 # Each status's value, looked up: an Enum's .value is a Python-level property.
 _VALUE = {status: status.value for status in TaskStatus}
-Staged = tuple[tuple[str, bytes], Callable[[BaseException | None], object] | None]
+Row = tuple[str, bytearray]  # a durable task's handler path and pickled spec, as _queue makes them
+Staged = tuple[Row, Callable[[BaseException | None], object] | None]
 
 
 def handler_path(fn: Callable[..., Any]) -> str:
@@ -66,7 +67,7 @@ def resolve(path: str) -> Any:
     return obj
 
 
-def pickled_spec(spec: Spec) -> bytes:
+def pickled_spec(spec: Spec) -> bytearray:
     """A durable task's arguments and options as stored (see ``dump_spec``); TypeError naming what would not pickle."""
     try:
         return dump_spec(spec)
@@ -204,7 +205,7 @@ class JournaledScheduler(Scheduler):
         del dropped
         return len(recovered.tasks)
 
-    def stage(self, task: Record, row: tuple[str, bytes], ack: Callable[[BaseException | None], object] | None) -> None:
+    def stage(self, task: Record, row: Row, ack: Callable[[BaseException | None], object] | None) -> None:
         """Give the row of durable ``task`` (handler path, spec) for add() to journal. Any thread, before add()."""
         self._staged[task] = (row, ack)
 
@@ -218,7 +219,7 @@ class JournaledScheduler(Scheduler):
         loop: Any,
         block: bool,
         due: float | None,
-        row: tuple[str, bytes],
+        row: Row,
         ack: Callable[[BaseException | None], object] | None,
     ) -> None:
         """``add()`` a durable task with its journal row (see ``stage``); raises as add() does, row forgotten."""

@@ -638,7 +638,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         timeout: float | None,
         keep: bool,
         key: Hashable | None,
-    ) -> tuple[str, bytes] | None:
+    ) -> tuple[str, bytearray] | None:
         # The journal row of a durable task (handler path, pickled spec), or
         # None for a task that is not durable; raises before anything changes.
         if durable is not None:
@@ -662,7 +662,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
         return path, pickled_spec((args, kwargs or None, priority, max_retries, timeout, keep, key))
 
     async def _add_durable(
-        self, handle: TaskHandle[Any], loop: asyncio.AbstractEventLoop, due: float | None, row: tuple[str, bytes]
+        self, handle: TaskHandle[Any], loop: asyncio.AbstractEventLoop, due: float | None, row: tuple[str, bytearray]
     ) -> TaskHandle[Any]:
         # submit() of a durable task: returns once its row is on disk.
         ack: asyncio.Future[None] = loop.create_future()
