@@ -1,11 +1,12 @@
-"""What a sync handler can ask about the task it runs: its id, its attempt, and whether it was given up on."""
+"""What a handler can ask about the task it runs: its id, its attempt, and whether it was given up on."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 from typing import TYPE_CHECKING
 
-from ._nesting import thread_slot
+from ._nesting import current_holder, thread_slot
 from ._task import TaskId, TaskStatus
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ __all__ = ["TaskContext", "current_task"]
 
 
 class TaskContext:
-    """The attempt of a task that the calling sync handler is running. Read-only.
+    """The attempt of a task that the calling handler is running. Read-only.
 
     Got from :func:`current_task`; valid for the attempt it was got in.
     """
@@ -55,18 +56,28 @@ class TaskContext:
 
 
 def current_task() -> TaskContext:
-    """The task whose sync handler the calling thread is running.
+    """The task whose handler is calling: a sync handler on a thread pool, or a coroutine handler.
 
-    For sync handlers run by the queue's thread pool (or one passed in);
-    a coroutine handler learns of cancellation by ``CancelledError``
-    instead. Raises RuntimeError anywhere else (a process pool's worker,
-    a thread that runs no handler).
+    A sync handler run by the queue's thread pool (or one passed in) calls
+    it from its thread; a coroutine handler from its own body, on the loop
+    thread (a task it creates is not the handler: there it raises). A
+    coroutine handler learns of cancellation by ``CancelledError``, so
+    ``raise_if_cancelled()`` is for sync handlers. Raises RuntimeError
+    anywhere else (a process pool's worker, a thread or task that runs no
+    handler).
     """
     slot = thread_slot()
     claim = slot[0] if slot is not None else None
     if claim is None:
+        # A coroutine handler is awaited in its worker's own asyncio task,
+        # whose context holds the worker's Holder (see _nesting).
+        holder = current_holder()
+        if holder is not None and asyncio.events._get_running_loop() is not None:
+            if asyncio.current_task() is holder.worker:
+                claim = holder.running
+    if claim is None:
         raise RuntimeError(
-            "current_task() was called outside a sync handler of a HybridQueue; it is for handlers run on "
-            "the queue's thread pool (coroutine handlers see cancellation as CancelledError)"
+            "current_task() was called outside a handler of a HybridQueue; call it in a sync handler run on the "
+            "queue's thread pool, or in the body of a coroutine handler (not in a task it created)"
         )
     return TaskContext(*claim)

@@ -54,6 +54,8 @@ from ._interrupt import shielded
 from ._pool import WorkerPool
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._queue import HybridQueue
     from ._scheduler import Scheduler
     from ._task import ChildHandle, Record
@@ -77,13 +79,16 @@ class Holder:
     ``running``: the claim ``(record, attempt)`` whose handler the worker
     runs now (holding its slot, or having lent it); None while the worker
     is parked without one. ``loan``: the lending in progress, from a
-    handler's first wait until its slot is back.
+    handler's first wait until its slot is back. ``worker``: the worker's
+    asyncio task, which the handlers it runs are awaited in (tasks they
+    create are not it, and see no ``running`` claim of theirs).
     """
 
-    __slots__ = ("loan", "running", "sched")
+    __slots__ = ("loan", "running", "sched", "worker")
 
-    def __init__(self, sched: Scheduler) -> None:
+    def __init__(self, sched: Scheduler, worker: asyncio.Task[None]) -> None:
         self.sched = sched
+        self.worker = worker
         self.running: tuple[Record, int] | None = None
         self.loan: _Loan | None = None
 

@@ -353,7 +353,7 @@ class Runner:
         del self._unstarted[me]  # the claim is this worker's from now on
         # In this task's own context: its handlers, and the tasks they make,
         # see it when they wait for a task of this queue (see _nesting).
-        holder = Holder(self._sched)
+        holder = Holder(self._sched, me)
         install_holder(holder)
         ready = self._ready
         while claim is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+
+from hybrid_queue import current_task
 
 
 def append(path: str, line: str) -> None:
@@ -24,3 +27,12 @@ def record(i: int) -> int:
 
 def nothing(i: int) -> None:
     """Return None (a result whose value is None), running nothing."""
+
+
+async def attempts_seen(i: int) -> int:
+    """Append "i attempt" to $HQ_RUNS; a first attempt then waits until it is cut off. Returns the attempt."""
+    attempt = current_task().attempt
+    append(os.environ["HQ_RUNS"], f"{i} {attempt}\n")
+    if attempt == 1:
+        await asyncio.sleep(3600)
+    return attempt

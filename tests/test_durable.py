@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from _durable_handlers import nothing, record
+from _durable_handlers import attempts_seen, nothing, record
+from conftest import wait_until
 
 from hybrid_queue import HybridQueue, SQLiteJournal, TaskStatus
 from hybrid_queue._journal import JournalError, dump_id
@@ -259,6 +260,24 @@ async def test_a_submitter_cancelled_while_its_row_is_written_leaves_the_task_qu
     await q.shutdown()  # drains: the task runs all the same
     assert (tmp_path / "runs").read_text() == "5\n"
     assert q.stats().completed == 1
+
+
+async def test_a_coroutine_handler_cut_off_mid_run_runs_again_with_the_next_attempt(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("HQ_RUNS", str(runs))
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(1, journal=path)
+    await q.start()
+    h = await q.submit(attempts_seen, 7)
+    await wait_until(runs.exists)
+    await q.sync_journal()  # its start is on disk, as it is soon after a start before a crash
+    await q.shutdown(wait=False)  # cut off mid-run: a durable task's row stays, its attempt counted
+
+    again = HybridQueue(1, journal=path)
+    await again.start()
+    await again.shutdown()  # runs what the journal gave back
+    assert runs.read_text() == "7 1\n7 2\n"
+    assert (await again.get_result(h.task_id)).result == 2
 
 
 async def test_a_task_whose_arguments_cannot_be_read_back_fails_alone(tmp_path, monkeypatch):

@@ -84,8 +84,38 @@ def test_task_future_running_is_true_while_the_task_runs():
 
 @pytest.mark.hardening
 def test_current_task_outside_a_handler_is_an_error():
-    with pytest.raises(RuntimeError, match="outside a sync handler"):
+    with pytest.raises(RuntimeError, match="outside a handler"):
         current_task()
+
+
+@pytest.mark.hardening
+async def test_a_coroutine_handler_gets_its_task_and_attempt_and_its_tasks_do_not(make_queue):
+    q = await make_queue(1, retry=RetryPolicy(max_retries=2, base_delay=0.001))
+    seen: list[tuple[object, int, bool]] = []
+    errors: list[str] = []
+
+    async def inner() -> None:
+        try:
+            current_task()
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    async def flaky() -> str:
+        task = current_task()
+        seen.append((task.task_id, task.attempt, task.cancelled))
+        await asyncio.create_task(inner())  # a task it creates is not the handler
+        await asyncio.sleep(0)
+        assert current_task().attempt == task.attempt  # still its own after a suspension
+        if task.attempt < 3:
+            raise ValueError("not yet")
+        return "done"
+
+    h = await q.submit(flaky, task_id="job")
+    assert await h == "done"
+    assert seen == [("job", 1, False), ("job", 2, False), ("job", 3, False)]
+    assert len(errors) == 3 and all("not in a task it created" in e for e in errors)
+    with pytest.raises(RuntimeError, match="outside a handler"):
+        current_task()  # a coroutine on the loop that is no handler
 
 
 def spin_until_cancelled() -> str:
