@@ -58,6 +58,11 @@ class Figures:
         with self._lock:
             self.totals[name] = self.totals.get(name, 0) + amount
 
+    def most(self, name: str, value: int) -> None:
+        """Keep the largest ``value`` seen under ``name`` (a worst case, where ``add`` keeps a sum)."""
+        with self._lock:
+            self.totals[name] = max(self.totals.get(name, value), value)
+
 
 _FIGURES = Figures()
 

@@ -103,6 +103,7 @@ def _table(counts: dict[str, dict[str, Any]], totals: dict[str, int]) -> list[st
             f("durable_reruns"),
             "test_durable.py",
         ),
+        ("Most re-runs after one kill (workers: 4)", f("durable_most_reruns_of_a_kill"), "test_durable.py"),
         ("Memory and result-budget cases passed", passed("memory"), m("memory")),
         ("Owned thread pool cases passed", passed("pool"), m("pool")),
         (
