@@ -23,7 +23,7 @@ from typing import Any
 from ._errors import CallError
 from ._journal import NO_DUE, Spec, SQLiteJournal, StoredResult, dump_id, dump_spec
 from ._scheduler import Scheduler
-from ._state import CANCELLED
+from ._state import CANCELLED, RUNNING
 from ._store import ResultStore
 from ._task import Record, Task, TaskResult, TaskStatus
 from ._validate import is_coroutine_function
@@ -143,6 +143,7 @@ class JournaledScheduler(Scheduler):
         # runs after the next start (a graceful restart loses nothing either).
         self._keeping = False
         self._id_end = 0
+        self._bounded_reruns = journal.bounded_reruns
         self._ttl = self._store.ttl
         if not isinstance(self._store, JournaledStore) or self._store.journal is not journal:
             raise TypeError("a JournaledScheduler needs a JournaledStore of its journal")
@@ -234,6 +235,20 @@ class JournaledScheduler(Scheduler):
         """Call ``done(error)`` once everything journaled before is on disk. Any thread."""
         self.journal.barrier(done)
 
+    def hold_slot(self) -> None:
+        # finish() kept the slot of a task whose end it journaled (bounded_reruns):
+        # it goes where a freed slot goes once that end is on disk (or the
+        # journal failed: then nothing more is written, and nothing waits).
+        self.journal.barrier(self._slot_written)
+
+    def _slot_written(self, error: BaseException | None) -> None:  # the writer thread, or inline if failed
+        self.at_loop.soon(self._pass_written_slot)
+
+    def _pass_written_slot(self) -> None:  # loop thread
+        with self.lock:
+            passed = self._pass_slots_locked(1)
+        self._after_pass(passed)
+
     # ------------------------------------------------------- the journaled changes
 
     def _accept_locked(self, task: Record, loop: Any, due: float | None = None) -> None:
@@ -266,12 +281,15 @@ class JournaledScheduler(Scheduler):
     def _terminal_locked(
         self, task: Record, status: TaskStatus, value: Any, error: BaseException | None, now: float
     ) -> TaskResult[Any]:
+        running = task._status is RUNNING  # its handler holds a slot, which finish() frees
         result = super()._terminal_locked(task, status, value, error, now)
         task_id = task._id
         key = self._durable.pop(task_id, None) if self._durable else None
         if key is not None:
             if status is CANCELLED and self._keeping:
                 return result  # shutting down: the row stays, and runs after the next start
+            if running and self._bounded_reruns:
+                self._end_to_write = task  # finish() keeps its slot until this end is on disk
             kept = None
             if task._keep and self._ttl > 0:
                 outcome = value if status is TaskStatus.COMPLETED else error

@@ -159,18 +159,27 @@ class SQLiteJournal:
 
     ``synchronous``: SQLite's setting, ``"NORMAL"`` (the default: a crash of
     the process loses nothing committed) or ``"FULL"`` (a power loss loses
-    nothing committed either, at the cost of an fsync per commit). Pass a
-    path to the queue for the default, or this object for another setting.
-    The queue opens it; its methods are the queue's. Any thread.
+    nothing committed either, at the cost of an fsync per commit).
+    ``bounded_reruns``: a worker slot stays busy after its durable task ends
+    until that end is on disk, so that a crash runs again at most the tasks
+    that were running (``workers``), not also those whose end was waiting
+    for the next commit; it costs each slot a commit round trip per task.
+    Pass a path to the queue for the defaults, or this object for other
+    settings. The queue opens it; its methods are the queue's. Any thread.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL", bounded_reruns: bool = False
+    ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike naming the journal file, got {path!r}")
         if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}")
+        if not isinstance(bounded_reruns, bool):
+            raise TypeError(f"bounded_reruns must be True or False, got {bounded_reruns!r}")
         self.path = os.fspath(path)
         self.synchronous = synchronous.upper()
+        self.bounded_reruns = bounded_reruns
         self._conn: sqlite3.Connection | None = None
         # The writer's queue: (kind, payload, waiter) in the order they were
         # put; guarded by _cond's lock. ``_closing`` ends the thread once empty.

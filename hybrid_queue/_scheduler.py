@@ -137,7 +137,7 @@ class Scheduler(Admission, Queries, Delays):
         delay = -1.0
         timer = None
         grant: Callable[[], object] | None
-        wake = more = False
+        wake = more = hold = False
         with self._guard():
             if task._key is not None:
                 # Before the slot moves on: it may go to this key's next task.
@@ -156,10 +156,18 @@ class Scheduler(Admission, Queries, Delays):
                     if delay < 0:
                         result = self._terminal_locked(task, FAILED, None, error, now)
             if not held:
+                if self._end_to_write is task:
+                    self._end_to_write = None  # its slot is someone else's now: nothing to keep
                 grant = nxt = None
                 wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
                 # The key of this task may let a task of it start in a free slot now.
                 more = self._keyed and self.life.claims and self._free > 0 and bool(self._heap)
+            elif self._end_to_write is not None and self._end_to_write is task:
+                # A journal with bounded_reruns: the slot stays busy until
+                # the task's end is on disk, then goes where a freed one goes
+                # (see JournaledScheduler.hold_slot).
+                self._end_to_write = task._lender = grant = nxt = None
+                hold = True
             elif result is not None and (lender := task._lender) is not None:
                 # A handler waits for this task: it goes on in this slot,
                 # ahead of the heap (it takes it back with reclaim).
@@ -189,6 +197,8 @@ class Scheduler(Admission, Queries, Delays):
         del dropped  # after the lock: see _take_dropped_locked
         if grant is not None:
             grant()
+        elif hold:
+            self.hold_slot()
         if timer is not None:
             self.at_loop.now_or_soon(timer.cancel)
         if result is not None:
@@ -202,6 +212,10 @@ class Scheduler(Admission, Queries, Delays):
             # After deliver(): shutdown must not return before the last result is handed over.
             self.at_loop.now_or_soon(self._wake_idle)
         return None if nxt is None else (nxt, nxt_attempt)
+
+    def hold_slot(self) -> None:
+        """Keep the slot finish() kept until what is journaled is on disk; only a journaled scheduler does."""
+        raise NotImplementedError("only a JournaledScheduler keeps slots for its journal")
 
     # ---------------------------------------------------------------- lending
     # A handler that waits for a task of this queue lends its slot, and takes

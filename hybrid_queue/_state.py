@@ -139,6 +139,10 @@ class SchedulerState:
         self._pattern_limits: list[tuple[str, Limit]] = []
         # Loop thread only: the task whose handler interrupt() is cancelling.
         self._interrupting: Record | None = None
+        # A journal with bounded_reruns (see _durable): the task whose end
+        # _terminal_locked just journaled, so that finish() keeps its slot
+        # until that end is on disk. Under the lock; always None without one.
+        self._end_to_write: Record | None = None
         # Objects released under the lock, to be dropped after it. The result
         # store puts what it lets go of (ids it may hold the last reference
         # to) in the same list.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 from hybrid_queue import current_task
 
@@ -36,3 +37,12 @@ async def attempts_seen(i: int) -> int:
     if attempt == 1:
         await asyncio.sleep(3600)
     return attempt
+
+
+# The queue the waiting handler below submits to; set by the test that uses it.
+QUEUE: Any = None
+
+
+async def waits_for_a_child(i: int) -> int:
+    """Submit ``record(i)`` to QUEUE, await it, and return its value plus one."""
+    return await (await QUEUE.submit(record, i)) + 1

@@ -11,10 +11,12 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import _durable_handlers
 import pytest
-from _durable_handlers import append, attempts_seen, nothing, record
+from _durable_handlers import append, attempts_seen, nothing, record, waits_for_a_child
 from conftest import wait_until
 
 from hybrid_queue import HybridQueue, SQLiteJournal, TaskStatus
@@ -104,10 +106,12 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
         HybridQueue(1, journal=path)
 
 
-def crash_campaign(tmp_path: Path, kills: int, total: int, seed: int) -> dict[str, int]:
+def crash_campaign(tmp_path: Path, kills: int, total: int, seed: int, bounded: bool = False) -> dict[str, int]:
     rng = random.Random(seed)
     journal, acks, runs = tmp_path / "tasks.db", tmp_path / "acks", tmp_path / "runs"
     args = [sys.executable, str(CHILD), str(journal), str(acks), str(runs), str(total)]
+    if bounded:
+        args.append("--bounded")
     for _ in range(kills):
         child = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.3, 0.9))
@@ -140,6 +144,8 @@ def crash_campaign(tmp_path: Path, kills: int, total: int, seed: int) -> dict[st
             last_life[i] = n
     assert sum(per_kill) <= reruns
     assert reruns <= kills * WORKERS, (reruns, kills, per_kill)
+    if bounded:  # only the tasks running at a kill run again
+        assert max(per_kill) <= WORKERS, per_kill
     return {"kills": kills, "tasks": total, "reruns": reruns, "most_reruns_of_a_kill": max(per_kill)}
 
 
@@ -149,6 +155,21 @@ def test_crash_campaign_short(tmp_path, figures):
     figures.add("durable_kills", result["kills"])
     figures.add("durable_reruns", result["reruns"])
     figures.most("durable_most_reruns_of_a_kill", result["most_reruns_of_a_kill"])
+
+
+@pytest.mark.timeout(240)
+def test_crash_campaign_with_bounded_reruns(tmp_path, figures):
+    result = crash_campaign(tmp_path, kills=8, total=2_000, seed=3, bounded=True)
+    figures.add("durable_bounded_kills", result["kills"])
+    figures.most("durable_bounded_most_reruns_of_a_kill", result["most_reruns_of_a_kill"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_crash_campaign_200_kills_bounded(tmp_path, figures):
+    result = crash_campaign(tmp_path, kills=200, total=10_000, seed=4, bounded=True)
+    figures.add("durable_bounded_kills", result["kills"])
+    figures.most("durable_bounded_most_reruns_of_a_kill", result["most_reruns_of_a_kill"])
 
 
 @pytest.mark.slow
@@ -291,6 +312,48 @@ async def test_a_coroutine_handler_cut_off_mid_run_runs_again_with_the_next_atte
     await again.shutdown()  # runs what the journal gave back
     assert runs.read_text() == "7 1\n7 2\n"
     assert (await again.get_result(h.task_id)).result == 2
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+async def test_bounded_reruns_keeps_a_slot_until_its_task_s_end_is_on_disk(tmp_path, monkeypatch, bounded):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    q = HybridQueue(1, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=bounded))
+    journal = q._journal_sched.journal
+    written: list[Callable[[BaseException | None], object]] = []
+    monkeypatch.setattr(journal, "barrier", written.append)  # what waits for the disk, held here
+    await q.start()
+    first, second = await q.submit(record, 1), await q.submit(record, 2)
+    assert await first == 1
+    if not bounded:
+        assert await second == 4 and written == []
+        await q.shutdown()
+        return
+    await asyncio.sleep(0.05)  # time enough for the slot to go on, were it free
+    assert q.status(second.task_id) is TaskStatus.PENDING
+    assert q.stats().busy_workers == 1 and len(written) == 1
+    written.pop()(None)  # the first task's end is on disk: its slot goes to the second
+    assert await second == 4
+    await wait_until(lambda: len(written) == 1)
+    written.pop()(None)
+    await q.shutdown()  # waits for the slot too
+    assert q.stats().busy_workers == 0
+
+
+async def test_bounded_reruns_lets_a_handler_wait_for_its_own_task(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(_durable_handlers, "QUEUE", None)
+    q = HybridQueue(1, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=True))
+    _durable_handlers.QUEUE = q
+    await q.start()
+    handles = [await q.submit(waits_for_a_child, i) for i in range(3)]
+    assert [await h for h in handles] == [1, 2, 5]
+    await q.shutdown()
+    assert q.stats().busy_workers == 0 and q.stats().completed == 6
+
+
+def test_bounded_reruns_must_be_a_bool(tmp_path):
+    with pytest.raises(TypeError, match="bounded_reruns must be True or False, got 'yes'"):
+        SQLiteJournal(tmp_path / "tasks.db", bounded_reruns="yes")  # type: ignore[arg-type]
 
 
 async def test_a_task_whose_arguments_cannot_be_read_back_fails_alone(tmp_path, monkeypatch):

@@ -48,8 +48,8 @@ MARKERS = {
     "nesting": "handlers waiting for tasks of their own queue (chains 100 deep on one worker, fan-outs of "
     "1,000, from async and sync handlers) never deadlock, and at most `workers` handlers are at work at once.",
     "durable": "a process with a journal killed with SIGKILL at random moments and restarted: every acknowledged "
-    "task ran at least once and has one result, at most `workers` re-runs per kill over the campaign; a second process "
-    "is refused; a full disk refuses durable submits.",
+    "task ran at least once and has one result, at most `workers` re-runs per kill over the campaign (and after each "
+    "kill with bounded_reruns=True); a second process is refused; a full disk refuses durable submits.",
     "timing": "tasks due later start at their time and never before; schedules across DST changes, misfires and "
     "overlaps; no key exceeds its concurrency or rate or starts while paused (a Hypothesis property over 10,000 "
     "keys); turns across keys; the order under aging, on the fake clock.",
@@ -104,6 +104,12 @@ def _table(counts: dict[str, dict[str, Any]], totals: dict[str, int]) -> list[st
             "test_durable.py",
         ),
         ("Most re-runs after one kill (workers: 4)", f("durable_most_reruns_of_a_kill"), "test_durable.py"),
+        ("Kills with bounded_reruns=True", f("durable_bounded_kills"), "test_durable.py"),
+        (
+            "Most re-runs after one kill with bounded_reruns=True (checked: at most workers, 4)",
+            f("durable_bounded_most_reruns_of_a_kill"),
+            "test_durable.py",
+        ),
         ("Memory and result-budget cases passed", passed("memory"), m("memory")),
         ("Owned thread pool cases passed", passed("pool"), m("pool")),
         (
