@@ -17,7 +17,7 @@ from pathlib import Path
 import _durable_handlers
 import pytest
 from _durable_handlers import append, attempts_seen, nothing, record, waits_for_a_child
-from conftest import wait_until
+from conftest import Figures, wait_until
 
 from hybrid_queue import HybridQueue, SQLiteJournal, TaskStatus
 from hybrid_queue._journal import JournalError, dump_id
@@ -106,7 +106,10 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
         HybridQueue(1, journal=path)
 
 
-def crash_campaign(tmp_path: Path, kills: int, total: int, seed: int, bounded: bool = False) -> dict[str, int]:
+def crash_campaign(
+    tmp_path: Path, figures: Figures, kills: int, total: int, seed: int, bounded: bool = False
+) -> dict[str, int]:
+    # Returns its figures, and adds them to the reliability report's.
     rng = random.Random(seed)
     journal, acks, runs = tmp_path / "tasks.db", tmp_path / "acks", tmp_path / "runs"
     args = [sys.executable, str(CHILD), str(journal), str(acks), str(runs), str(total)]
@@ -146,39 +149,35 @@ def crash_campaign(tmp_path: Path, kills: int, total: int, seed: int, bounded: b
     assert reruns <= kills * WORKERS, (reruns, kills, per_kill)
     if bounded:  # only the tasks running at a kill run again
         assert max(per_kill) <= WORKERS, per_kill
+        figures.add("durable_bounded_kills", kills)
+        figures.most("durable_bounded_most_reruns_of_a_kill", max(per_kill))
+    else:
+        figures.add("durable_kills", kills)
+        figures.add("durable_reruns", reruns)
+        figures.most("durable_most_reruns_of_a_kill", max(per_kill))
     return {"kills": kills, "tasks": total, "reruns": reruns, "most_reruns_of_a_kill": max(per_kill)}
 
 
 @pytest.mark.timeout(240)
 def test_crash_campaign_short(tmp_path, figures):
-    result = crash_campaign(tmp_path, kills=8, total=2_000, seed=1)
-    figures.add("durable_kills", result["kills"])
-    figures.add("durable_reruns", result["reruns"])
-    figures.most("durable_most_reruns_of_a_kill", result["most_reruns_of_a_kill"])
+    crash_campaign(tmp_path, figures, kills=8, total=2_000, seed=1)
 
 
 @pytest.mark.timeout(240)
 def test_crash_campaign_with_bounded_reruns(tmp_path, figures):
-    result = crash_campaign(tmp_path, kills=8, total=2_000, seed=3, bounded=True)
-    figures.add("durable_bounded_kills", result["kills"])
-    figures.most("durable_bounded_most_reruns_of_a_kill", result["most_reruns_of_a_kill"])
+    crash_campaign(tmp_path, figures, kills=8, total=2_000, seed=3, bounded=True)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_crash_campaign_200_kills_bounded(tmp_path, figures):
-    result = crash_campaign(tmp_path, kills=200, total=10_000, seed=4, bounded=True)
-    figures.add("durable_bounded_kills", result["kills"])
-    figures.most("durable_bounded_most_reruns_of_a_kill", result["most_reruns_of_a_kill"])
+    crash_campaign(tmp_path, figures, kills=200, total=10_000, seed=4, bounded=True)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_crash_campaign_200_kills(tmp_path, figures):
-    result = crash_campaign(tmp_path, kills=200, total=10_000, seed=2)
-    figures.add("durable_kills", result["kills"])
-    figures.add("durable_reruns", result["reruns"])
-    figures.most("durable_most_reruns_of_a_kill", result["most_reruns_of_a_kill"])
+    crash_campaign(tmp_path, figures, kills=200, total=10_000, seed=2)
 
 
 async def test_a_full_disk_refuses_durable_submits_and_the_queue_goes_on(tmp_path, monkeypatch):
