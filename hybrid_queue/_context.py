@@ -73,7 +73,7 @@ def current_task() -> TaskContext:
         # whose context holds the worker's Holder (see _nesting).
         holder = current_holder()
         if holder is not None and asyncio.events._get_running_loop() is not None:
-            if asyncio.current_task() is holder.worker:
+            if asyncio.current_task() is holder.worker():
                 claim = holder.running
     if claim is None:
         raise RuntimeError(

@@ -237,8 +237,8 @@ class JournaledScheduler(Scheduler):
 
     def hold_slot(self) -> None:
         # finish() kept the slot of a task whose end it journaled (bounded_reruns):
-        # it goes where a freed slot goes once that end is on disk (or the
-        # journal failed: then nothing more is written, and nothing waits).
+        # it goes where a freed slot goes once that end is on disk, or once
+        # the journal failed (every waiter hears of it: see SQLiteJournal._fail).
         self.journal.barrier(self._slot_written)
 
     def _slot_written(self, error: BaseException | None) -> None:  # the writer thread, or inline if failed
@@ -289,7 +289,7 @@ class JournaledScheduler(Scheduler):
             if status is CANCELLED and self._keeping:
                 return result  # shutting down: the row stays, and runs after the next start
             if running and self._bounded_reruns:
-                self._end_to_write = task  # finish() keeps its slot until this end is on disk
+                self._ends_to_write.add(task)  # finish() keeps its slot until this end is on disk
             kept = None
             if task._keep and self._ttl > 0:
                 outcome = value if status is TaskStatus.COMPLETED else error

@@ -49,12 +49,13 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _PICKLE = 5  # fixed, so that one id always pickles to the same key
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 TASK_COLUMNS = "task_id, handler, spec, due, attempts, retries"
-# What the writer binds, it binds as an int, float, str or bytearray: the
-# sqlite3 module binds those directly, but passes None and bytes through its
-# adaptation protocol first (measured: 0.8 and 1.1 us a value, against 0.2 to
-# 0.3). So blobs are bytearrays, and a NULL goes as a value its statement
-# turns back into NULL (nullif): NO_DUE for a due time, an empty blob (which
-# no pickle is) for a result's None.
+# What the writer binds, it binds as an int, float, str or bytearray where it
+# can: the sqlite3 module binds those directly, but passes None and bytes
+# through its adaptation protocol first (measured: 0.8 and 1.1 us a value,
+# against 0.2 to 0.3). So blobs are bytearrays, and a NULL goes as a value
+# its statement turns back into NULL (nullif): NO_DUE for a due time, an
+# empty blob (which no pickle is) for a result's None. The key of an id that
+# is not an int stays bytes: keys are hashed, in the scheduler and in _Batch.
 NO_DUE = 0.0
 _NO_OUTCOME = bytearray()
 
@@ -162,8 +163,9 @@ class SQLiteJournal:
     nothing committed either, at the cost of an fsync per commit).
     ``bounded_reruns``: a worker slot stays busy after its durable task ends
     until that end is on disk, so that a crash runs again at most the tasks
-    that were running (``workers``), not also those whose end was waiting
-    for the next commit; it costs each slot a commit round trip per task.
+    that were running (``workers``, and handlers waiting for tasks of their
+    own queue), not also those whose end was waiting for the next commit;
+    it costs each slot a commit round trip per task.
     Pass a path to the queue for the defaults, or this object for other
     settings. The queue opens it; its methods are the queue's. Any thread.
     """
@@ -303,12 +305,14 @@ class SQLiteJournal:
         if done is None and self.failed is None and not self._closing:
             # Without the lock: a deque's append is atomic, and the writer
             # takes items one by one (see _run). It is woken only when it
-            # sleeps: it sets _idle, under the lock, after it saw the deque
-            # empty and before it waits, so an append it did not see finds
-            # _idle set; the first such append clears it, under the lock, and
-            # wakes the writer (later ones do not: it is awake, or about to
-            # be, and will take them). One that lands after a failure or
-            # close is never written, which is all a failed or closed journal does.
+            # sleeps: under the lock, it sets _idle before each look at the
+            # deque, and clears it only once it found something there. So an
+            # append that finds _idle clear is seen by that look or an
+            # earlier one; one that finds it set takes the lock, and the
+            # first such clears it and wakes the writer (later ones do not:
+            # it is awake, or about to be, and takes them). One that lands
+            # after a failure or close is never written, which is all a
+            # failed or closed journal does (it has no waiter: see _fail).
             self._ops.append((kind, payload, None))
             if self._idle:
                 with self._cond:
@@ -338,8 +342,10 @@ class SQLiteJournal:
         statements = _Statements(conn)
         while True:
             with self._cond:
-                while not ops and not self._closing:
-                    self._idle = True
+                while True:
+                    self._idle = True  # before the look: see _put
+                    if ops or self._closing:
+                        break
                     self._cond.wait()
                 self._idle = False
                 if not ops:
@@ -363,8 +369,7 @@ class SQLiteJournal:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-                with self._cond:
-                    self.failed = error
+                batch += self._fail(error)
             for _, _, done in batch:
                 if done is not None:
                     try:
@@ -373,6 +378,16 @@ class SQLiteJournal:
                         logger.exception("a journal waiter of %r failed", self.path)
             if error is not None:
                 return
+
+    def _fail(self, error: BaseException) -> list[tuple[str, Any, Done | None]]:
+        # Writer thread: no more writes. Returns what was put meanwhile, for
+        # its waiters to hear of the error too: from now on a put with a
+        # waiter sees ``failed`` under the lock and answers it itself.
+        with self._cond:
+            self.failed = error
+            left = list(self._ops)
+            self._ops.clear()
+        return left
 
     def close(self) -> None:
         """Write what waits, stop the writer and release the file (and its lock). Any thread; idempotent."""

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -79,16 +80,17 @@ class Holder:
     ``running``: the claim ``(record, attempt)`` whose handler the worker
     runs now (holding its slot, or having lent it); None while the worker
     is parked without one. ``loan``: the lending in progress, from a
-    handler's first wait until its slot is back. ``worker``: the worker's
-    asyncio task, which the handlers it runs are awaited in (tasks they
-    create are not it, and see no ``running`` claim of theirs).
+    handler's first wait until its slot is back. ``worker``: a weak
+    reference to the worker's asyncio task, which the handlers it runs are
+    awaited in (tasks they create are not it, and see no ``running`` claim
+    of theirs); weak, as the task's context holds this Holder.
     """
 
     __slots__ = ("loan", "running", "sched", "worker")
 
     def __init__(self, sched: Scheduler, worker: asyncio.Task[None]) -> None:
         self.sched = sched
-        self.worker = worker
+        self.worker = weakref.ref(worker)
         self.running: tuple[Record, int] | None = None
         self.loan: _Loan | None = None
 

@@ -156,24 +156,30 @@ class Scheduler(Admission, Queries, Delays):
                     if delay < 0:
                         result = self._terminal_locked(task, FAILED, None, error, now)
             if not held:
-                if self._end_to_write is task:
-                    self._end_to_write = None  # its slot is someone else's now: nothing to keep
+                if self._ends_to_write:
+                    self._ends_to_write.discard(task)  # its slot is someone else's now: nothing to keep
                 grant = nxt = None
                 wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
                 # The key of this task may let a task of it start in a free slot now.
                 more = self._keyed and self.life.claims and self._free > 0 and bool(self._heap)
-            elif self._end_to_write is not None and self._end_to_write is task:
-                # A journal with bounded_reruns: the slot stays busy until
-                # the task's end is on disk, then goes where a freed one goes
-                # (see JournaledScheduler.hold_slot).
-                self._end_to_write = task._lender = grant = nxt = None
-                hold = True
             elif result is not None and (lender := task._lender) is not None:
                 # A handler waits for this task: it goes on in this slot,
-                # ahead of the heap (it takes it back with reclaim).
+                # ahead of the heap (it takes it back with reclaim). Even with
+                # bounded_reruns: it was running already.
                 task._lender = None
                 lender.reserved += 1
                 grant = nxt = None
+                more = self._keyed and self.life.claims and self._free > 0 and bool(self._heap)
+                if self._ends_to_write:
+                    self._ends_to_write.discard(task)
+            elif self._ends_to_write and task in self._ends_to_write:
+                # A journal with bounded_reruns: the slot stays busy until
+                # the task's end is on disk, then goes where a freed one goes
+                # (see JournaledScheduler.hold_slot).
+                self._ends_to_write.discard(task)
+                grant = nxt = None
+                hold = True
+                # The task's key may let its next task start in a free slot now.
                 more = self._keyed and self.life.claims and self._free > 0 and bool(self._heap)
             elif self._reclaimers:
                 # A handler that lent its slot to wait for a task of this

@@ -139,10 +139,12 @@ class SchedulerState:
         self._pattern_limits: list[tuple[str, Limit]] = []
         # Loop thread only: the task whose handler interrupt() is cancelling.
         self._interrupting: Record | None = None
-        # A journal with bounded_reruns (see _durable): the task whose end
-        # _terminal_locked just journaled, so that finish() keeps its slot
-        # until that end is on disk. Under the lock; always None without one.
-        self._end_to_write: Record | None = None
+        # A journal with bounded_reruns (see _durable): the running tasks
+        # whose end _terminal_locked journaled, until the holder of each one's
+        # slot reports in finish(), which keeps that slot until the end is on
+        # disk (a task cancelled or timed out while its handler runs stays
+        # here until the handler returns). Under the lock; empty without one.
+        self._ends_to_write: set[Record] = set()
         # Objects released under the lock, to be dropped after it. The result
         # store puts what it lets go of (ids it may hold the last reference
         # to) in the same list.

@@ -29,8 +29,9 @@ class QueueStats:
     - ``workers``: how many handlers may run at once.
     - ``busy_workers``: worker slots in use, at most ``workers``. It can
       exceed ``running`` while an abandoned sync handler (cancelled or timed
-      out) is still returning, and be below it while handlers wait for tasks
-      of their own queue.
+      out) is still returning, or while a slot waits for its task's end to
+      be on disk (``SQLiteJournal(bounded_reruns=True)``), and be below it
+      while handlers wait for tasks of their own queue.
     - ``results_stored``: results in the result store now.
     - ``results_expired``, ``results_evicted``: results dropped by their ttl,
       and to make room under the ``max_results`` or ``max_result_bytes`` bound.

@@ -44,5 +44,7 @@ QUEUE: Any = None
 
 
 async def waits_for_a_child(i: int) -> int:
-    """Submit ``record(i)`` to QUEUE, await it, and return its value plus one."""
-    return await (await QUEUE.submit(record, i)) + 1
+    """Submit ``record(i)`` to QUEUE ahead of what waits, await it, append "after i", return its value plus one."""
+    value = await (await QUEUE.submit(record, i, priority=10))
+    append(os.environ["HQ_RUNS"], f"after {i}\n")
+    return value + 1

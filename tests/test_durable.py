@@ -19,7 +19,7 @@ import pytest
 from _durable_handlers import append, attempts_seen, nothing, record, waits_for_a_child
 from conftest import Figures, wait_until
 
-from hybrid_queue import HybridQueue, SQLiteJournal, TaskStatus
+from hybrid_queue import HybridQueue, SQLiteJournal, TaskStatus, _journal
 from hybrid_queue._journal import JournalError, dump_id
 from hybrid_queue.testing import FakeClock
 
@@ -146,7 +146,9 @@ def crash_campaign(
                 per_kill[last_life[i]] += 1
             last_life[i] = n
     assert sum(per_kill) <= reruns
-    assert reruns <= kills * WORKERS, (reruns, kills, per_kill)
+    # Without bounded_reruns, the tasks whose end waited for the next commit
+    # run again too: how many depends on how long commits take (on a loaded
+    # machine, more), so they are counted and reported, not bounded here.
     if bounded:  # only the tasks running at a kill run again
         assert max(per_kill) <= WORKERS, per_kill
         figures.add("durable_bounded_kills", kills)
@@ -258,25 +260,36 @@ async def test_generated_ids_are_stored_as_integers(tmp_path, monkeypatch):
     assert rows == [("integer",), ("blob",)]
 
 
-async def test_an_absent_due_time_or_value_is_stored_as_null(tmp_path, monkeypatch):
-    # The writer binds them as values its statements turn back into NULL (see _journal.NO_DUE).
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
-    path = tmp_path / "tasks.db"
-    q = HybridQueue(1, journal=path)
-    now = await q.submit(record, 1)
-    later = await q.submit(record, 2, delay=3600)
-    await q.start()
-    await now
-    none = await q.submit(nothing, 3)
-    await none
-    await q.sync_journal()
-    await q.shutdown()
+def column_types(path: Path) -> tuple[list[tuple[object, ...]], dict[object, str]]:
     conn = sqlite3.connect(path)
-    tasks = conn.execute("SELECT task_id, typeof(spec), typeof(due) FROM tasks").fetchall()
+    tasks = conn.execute("SELECT task_id, typeof(spec), typeof(due), attempts FROM tasks ORDER BY seq").fetchall()
     results = dict(conn.execute("SELECT task_id, typeof(outcome) FROM results").fetchall())
     conn.close()
-    assert tasks == [(later.task_id, "blob", "real")]
-    assert results == {now.task_id: "blob", none.task_id: "null"}
+    return tasks, results
+
+
+async def test_an_absent_due_time_or_value_is_stored_as_null(tmp_path, monkeypatch):
+    # The writer binds them as values its statements turn back into NULL (see _journal.NO_DUE).
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("HQ_RUNS", str(runs))
+    path = tmp_path / "tasks.db"
+    q = HybridQueue(2, journal=path)  # never started: the rows are inserted, and stay
+    cut = await q.submit(attempts_seen, 1)
+    later = await q.submit(record, 2, delay=3600)
+    await q.shutdown()
+    assert column_types(path)[0] == [(cut.task_id, "blob", "null", 0), (later.task_id, "blob", "real", 0)]
+
+    again = HybridQueue(2, journal=path)
+    await again.start()
+    await wait_until(runs.exists)
+    await again.sync_journal()  # the start: an update of the row written before
+    none = await again.submit(nothing, 3)
+    assert await none is None
+    await again.sync_journal()
+    await again.shutdown(wait=False)  # cuts the first off: its row stays
+    tasks, results = column_types(path)
+    assert tasks == [(cut.task_id, "blob", "null", 1), (later.task_id, "blob", "real", 0)]
+    assert results == {none.task_id: "null"}
 
 
 async def test_a_submitter_cancelled_while_its_row_is_written_leaves_the_task_queued(tmp_path, monkeypatch):
@@ -348,6 +361,64 @@ async def test_bounded_reruns_lets_a_handler_wait_for_its_own_task(tmp_path, mon
     assert [await h for h in handles] == [1, 2, 5]
     await q.shutdown()
     assert q.stats().busy_workers == 0 and q.stats().completed == 6
+
+
+async def test_bounded_reruns_gives_a_slot_back_when_the_journal_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    q = HybridQueue(1, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=True))
+    await q.start()
+    writing, fail = threading.Event(), threading.Event()
+    real_write = _journal._Batch.write
+
+    def write(batch: _journal._Batch, statements: object) -> None:
+        if batch.results:  # the batch with the first task's end
+            writing.set()
+            assert fail.wait(10)
+            raise sqlite3.OperationalError("database or disk is full")
+        real_write(batch, statements)
+
+    monkeypatch.setattr(_journal._Batch, "write", write)
+    first = await q.submit(record, 1)
+    second = q.submit_nowait(record, 2, durable=False)
+    assert await first == 1
+    await asyncio.to_thread(writing.wait, 10)  # the end is being written; the slot waits for it
+    assert q.stats().busy_workers == 1 and q.status(second.task_id) is TaskStatus.PENDING
+    fail.set()  # the slot comes back with the error
+    assert await asyncio.wait_for(second, 10) == 4
+    await asyncio.wait_for(q.shutdown(), 10)
+    assert q.stats().busy_workers == 0
+
+
+async def test_bounded_reruns_lets_the_next_task_of_a_key_start_in_a_free_slot(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+    q = HybridQueue(2, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=True))
+    q.limit("k", concurrency=1)
+    written: list[Callable[[BaseException | None], object]] = []
+    monkeypatch.setattr(q._journal_sched.journal, "barrier", written.append)
+    await q.start()
+    first, second = await q.submit(record, 1, key="k"), await q.submit(record, 2, key="k")
+    assert await first == 1
+    assert await asyncio.wait_for(second, 10) == 4  # in the other slot, while the first one's waits
+    assert len(written) >= 1
+    for done in written:
+        done(None)
+    await q.shutdown()
+    assert q.stats().busy_workers == 0
+
+
+async def test_bounded_reruns_keeps_the_slot_for_a_handler_waiting_for_its_task(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("HQ_RUNS", str(runs))
+    monkeypatch.setattr(_durable_handlers, "QUEUE", None)
+    q = HybridQueue(1, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=True))
+    _durable_handlers.QUEUE = q
+    parent = await q.submit(waits_for_a_child, 3)  # before start: both wait in the heap
+    other = await q.submit(record, 7)
+    await q.start()
+    assert await parent == 10 and await other == 49
+    await q.shutdown()
+    # The child's slot went back to the parent waiting for it, ahead of the heap.
+    assert runs.read_text() == "3\nafter 3\n7\n"
 
 
 def test_bounded_reruns_must_be_a_bool(tmp_path):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from hybrid_queue import _journal
 from hybrid_queue._journal import JournalError, SQLiteJournal, StoredResult, StoredTask, dump_id, task_row
 
 pytestmark = pytest.mark.unit
@@ -186,3 +187,28 @@ def test_a_failing_waiter_does_not_stop_the_writer(tmp_path):
     assert acked.wait(10)
     assert journal.failed is None
     journal.close()
+
+
+def test_a_failed_write_answers_the_waiters_put_while_it_was_written(tmp_path, monkeypatch):
+    journal = SQLiteJournal(tmp_path / "tasks.db")
+    journal.open()
+    writing, fail = threading.Event(), threading.Event()
+
+    def write(batch: object, statements: object) -> None:
+        writing.set()
+        assert fail.wait(10)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(_journal._Batch, "write", write)
+    journal.add(task_row(task(1)))  # no waiter: the writer takes it and blocks in write()
+    assert writing.wait(10)
+    answers: list[BaseException | None] = []
+    journal.barrier(answers.append)  # behind the batch that is failing
+    journal.add(task_row(task(2)), answers.append)
+    fail.set()
+    deadline = time.monotonic() + 10
+    while len(answers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    journal.close()
+    assert len(answers) == 2 and all(isinstance(a, JournalError) for a in answers)
+    assert isinstance(journal.failed, JournalError)

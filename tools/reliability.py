@@ -48,8 +48,8 @@ MARKERS = {
     "nesting": "handlers waiting for tasks of their own queue (chains 100 deep on one worker, fan-outs of "
     "1,000, from async and sync handlers) never deadlock, and at most `workers` handlers are at work at once.",
     "durable": "a process with a journal killed with SIGKILL at random moments and restarted: every acknowledged "
-    "task ran at least once and has one result, at most `workers` re-runs per kill over the campaign (and after each "
-    "kill with bounded_reruns=True); a second process is refused; a full disk refuses durable submits.",
+    "task ran at least once and has one result; with bounded_reruns=True, at most `workers` tasks ran again after "
+    "each kill (without it, re-runs are counted); a second process is refused; a full disk refuses durable submits.",
     "timing": "tasks due later start at their time and never before; schedules across DST changes, misfires and "
     "overlaps; no key exceeds its concurrency or rate or starts while paused (a Hypothesis property over 10,000 "
     "keys); turns across keys; the order under aging, on the fake clock.",
@@ -99,7 +99,7 @@ def _table(counts: dict[str, dict[str, Any]], totals: dict[str, int]) -> list[st
         ("Interrupts raced against the handler's return", f("interrupt_race_rounds"), "test_threads.py"),
         ("Kills (SIGKILL) of a process with a journal, then restarts", f("durable_kills"), "test_durable.py"),
         (
-            "Re-runs after those kills (checked: at most workers per kill, over the run)",
+            "Re-runs after those kills (counted; see bounded_reruns below for a bound)",
             f("durable_reruns"),
             "test_durable.py",
         ),
