@@ -307,8 +307,8 @@ class SQLiteJournal:
             # takes items one by one (see _run). It is woken only when it
             # sleeps: under the lock, it sets _idle before each look at the
             # deque, and clears it only once it found something there. So an
-            # append that finds _idle clear is seen by that look or an
-            # earlier one; one that finds it set takes the lock, and the
+            # append that finds _idle clear is seen by the writer's next
+            # look; one that finds it set takes the lock, and the
             # first such clears it and wakes the writer (later ones do not:
             # it is awake, or about to be, and takes them). One that lands
             # after a failure or close is never written, which is all a
@@ -547,9 +547,8 @@ def _read_tasks(conn: sqlite3.Connection) -> list[StoredTask]:
     rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY seq")
     loads = pickle.loads
     append = tasks.append
-    integer = int
     for task_id, handler, spec, due, attempts, retries in rows:
-        task_id = task_id if type(task_id) is integer else loads(task_id)
+        task_id = load_id(task_id)
         unreadable: BaseException | None = None
         try:
             args, kwargs, priority, max_retries, timeout, keep, key = loads(spec)

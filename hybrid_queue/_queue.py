@@ -166,7 +166,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
             arm()  # from now on the queue methods a handler may call are shielded
         self._runner = Runner(self._sched, executor, factory, interrupt_sync_handlers)
         self._journaled = journal is not None
-        # The last durable handler and its import path (see _durable_row), as _last_kind.
+        # The last durable handler and its import path (see _durable_path), as _last_kind.
         self._last_path: tuple[weakref.ref[Callable[..., Any]] | None, str] = (None, "")
         if isinstance(self._sched, JournaledScheduler):
             self._journal_sched = self._sched
@@ -501,24 +501,22 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
                 f"a batch of {n} tasks can never fit in a queue of max_queue_size={bound}; "
                 "submit it in smaller batches, or raise max_queue_size"
             )
-        calls = None
-        path = ""
+        rows = None
         if durable is not None or self._journaled:
-            row = self._durable_row(fn, (), {}, durable, priority, max_retries, timeout, keep_result, None)
-            if row is not None:
-                path = row[0]
+            path = self._durable_path(fn, durable)
+            if path is not None:
                 options = (priority, max_retries, timeout, keep_result, None)
-                calls = [pickled_spec((args, None, *options)) for args in batch]
+                rows = [(path, pickled_spec((args, None, *options))) for args in batch]
         handle = self._handle
         # An empty batch still goes to add_many, which refuses a queue that is shutting down.
         handles: list[TaskHandle[Any]] = [
             handle(loop, None, fn, args, None, is_coro, priority, max_retries, timeout, keep_result) for args in batch
         ]
-        if calls is not None:
+        if rows is not None:
             # Durable: staged for add_many, and on disk before this returns (one barrier for the batch).
             stage = self._journal_sched.stage
-            for task, call in zip(handles, calls, strict=True):
-                stage(task, (path, call), None)
+            for task, row in zip(handles, rows, strict=True):
+                stage(task, row, None)
         try:
             while True:
                 try:
@@ -528,11 +526,11 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
                 else:
                     break
         except BaseException:
-            if calls is not None:
+            if rows is not None:
                 for task in handles:
                     self._journal_sched.unstage(task)
             raise
-        if calls is not None:
+        if rows is not None:
             await self.sync_journal()
         return handles
 
@@ -641,6 +639,14 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
     ) -> tuple[str, bytearray] | None:
         # The journal row of a durable task (handler path, pickled spec), or
         # None for a task that is not durable; raises before anything changes.
+        path = self._durable_path(fn, durable)
+        if path is None:
+            return None
+        return path, pickled_spec((args, kwargs or None, priority, max_retries, timeout, keep, key))
+
+    def _durable_path(self, fn: Callable[..., Any], durable: bool | None) -> str | None:
+        # The import path of a durable task's handler, or None for a task
+        # that is not durable; raises before anything changes.
         if durable is not None:
             check_bool("durable", durable)
         if not self._journaled:
@@ -659,7 +665,7 @@ class HybridQueue(QueueLifetime, TimeAndKeys):
                 self._last_path = (weakref.ref(fn), path)
             except TypeError:  # not weakly referenceable: not cached
                 pass
-        return path, pickled_spec((args, kwargs or None, priority, max_retries, timeout, keep, key))
+        return path
 
     async def _add_durable(
         self, handle: TaskHandle[Any], loop: asyncio.AbstractEventLoop, due: float | None, row: tuple[str, bytearray]

@@ -155,9 +155,13 @@ class Scheduler(Admission, Queries, Delays):
                     delay = self._fail_locked(task, error, now) if retry else -1.0
                     if delay < 0:
                         result = self._terminal_locked(task, FAILED, None, error, now)
+            # bounded_reruns: the task leaves the set of ends to write here,
+            # whichever way its slot goes (kept for the disk unless it is lent
+            # or a handler waiting for this task takes it).
+            owed = task in self._ends_to_write if self._ends_to_write else False
+            if owed:
+                self._ends_to_write.discard(task)
             if not held:
-                if self._ends_to_write:
-                    self._ends_to_write.discard(task)  # its slot is someone else's now: nothing to keep
                 grant = nxt = None
                 wake = bool(self._idle_waiters) and not self._live and self._free == self.workers
                 # The key of this task may let a task of it start in a free slot now.
@@ -170,13 +174,10 @@ class Scheduler(Admission, Queries, Delays):
                 lender.reserved += 1
                 grant = nxt = None
                 more = self._keyed and self.life.claims and self._free > 0 and bool(self._heap)
-                if self._ends_to_write:
-                    self._ends_to_write.discard(task)
-            elif self._ends_to_write and task in self._ends_to_write:
+            elif owed:
                 # A journal with bounded_reruns: the slot stays busy until
                 # the task's end is on disk, then goes where a freed one goes
                 # (see JournaledScheduler.hold_slot).
-                self._ends_to_write.discard(task)
                 grant = nxt = None
                 hold = True
                 # The task's key may let its next task start in a free slot now.
