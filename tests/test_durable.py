@@ -29,12 +29,19 @@ CHILD = Path(__file__).parent / "_durable_child.py"
 WORKERS = 4  # the child's
 
 
+@pytest.fixture
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The file $HQ_RUNS names, where the handlers of _durable_handlers append what ran."""
+    path = tmp_path / "runs"
+    monkeypatch.setenv("HQ_RUNS", str(path))
+    return path
+
+
 def square(x: int) -> int:
     return x * x
 
 
-async def test_results_and_pending_tasks_survive_a_restart(tmp_path, monkeypatch):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_results_and_pending_tasks_survive_a_restart(tmp_path, runs):
     path = tmp_path / "tasks.db"
     q = HybridQueue(2, journal=path)
     await q.start()
@@ -182,8 +189,7 @@ def test_crash_campaign_200_kills(tmp_path, figures):
     crash_campaign(tmp_path, figures, kills=200, total=10_000, seed=2)
 
 
-async def test_a_full_disk_refuses_durable_submits_and_the_queue_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_a_full_disk_refuses_durable_submits_and_the_queue_goes_on(tmp_path, runs):
     journal = SQLiteJournal(tmp_path / "tasks.db")
     q = HybridQueue(2, journal=journal)
     await q.start()
@@ -201,8 +207,7 @@ async def test_a_full_disk_refuses_durable_submits_and_the_queue_goes_on(tmp_pat
     assert q.stats().busy_workers == 0
 
 
-async def test_a_durable_batch_is_on_disk_when_submit_many_returns(tmp_path, monkeypatch):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_a_durable_batch_is_on_disk_when_submit_many_returns(tmp_path, runs):
     path = tmp_path / "tasks.db"
     q = HybridQueue(1, journal=path)  # never started: the batch waits in the journal
     handles = await q.submit_many(record, range(5))
@@ -222,9 +227,8 @@ async def test_a_durable_batch_is_on_disk_when_submit_many_returns(tmp_path, mon
     await other.shutdown()
 
 
-async def test_results_leave_the_journal_with_the_store(tmp_path, monkeypatch):
+async def test_results_leave_the_journal_with_the_store(tmp_path, runs):
     # Expired, evicted or forgotten: the journal holds no more results than the store.
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
     clock = FakeClock()
     path = tmp_path / "tasks.db"
     q = HybridQueue(2, journal=path, max_results=3, result_ttl=60.0, clock=clock)
@@ -247,8 +251,7 @@ async def test_results_leave_the_journal_with_the_store(tmp_path, monkeypatch):
     conn.close()
 
 
-async def test_generated_ids_are_stored_as_integers(tmp_path, monkeypatch):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_generated_ids_are_stored_as_integers(tmp_path, runs):
     path = tmp_path / "tasks.db"
     q = HybridQueue(1, journal=path)  # never started: the rows stay
     await q.submit(record, 1)
@@ -268,10 +271,8 @@ def column_types(path: Path) -> tuple[list[tuple[object, ...]], dict[object, str
     return tasks, results
 
 
-async def test_an_absent_due_time_or_value_is_stored_as_null(tmp_path, monkeypatch):
+async def test_an_absent_due_time_or_value_is_stored_as_null(tmp_path, runs):
     # The writer binds them as values its statements turn back into NULL (see _journal.NO_DUE).
-    runs = tmp_path / "runs"
-    monkeypatch.setenv("HQ_RUNS", str(runs))
     path = tmp_path / "tasks.db"
     q = HybridQueue(2, journal=path)  # never started: the rows are inserted, and stay
     cut = await q.submit(attempts_seen, 1)
@@ -292,8 +293,7 @@ async def test_an_absent_due_time_or_value_is_stored_as_null(tmp_path, monkeypat
     assert results == {none.task_id: "null"}
 
 
-async def test_a_submitter_cancelled_while_its_row_is_written_leaves_the_task_queued(tmp_path, monkeypatch):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_a_submitter_cancelled_while_its_row_is_written_leaves_the_task_queued(tmp_path, runs):
     path = tmp_path / "tasks.db"
     q = HybridQueue(1, journal=path)
     await q.start()
@@ -308,9 +308,7 @@ async def test_a_submitter_cancelled_while_its_row_is_written_leaves_the_task_qu
     assert q.stats().completed == 1
 
 
-async def test_a_coroutine_handler_cut_off_mid_run_runs_again_with_the_next_attempt(tmp_path, monkeypatch):
-    runs = tmp_path / "runs"
-    monkeypatch.setenv("HQ_RUNS", str(runs))
+async def test_a_coroutine_handler_cut_off_mid_run_runs_again_with_the_next_attempt(tmp_path, runs):
     path = tmp_path / "tasks.db"
     q = HybridQueue(1, journal=path)
     await q.start()
@@ -327,8 +325,7 @@ async def test_a_coroutine_handler_cut_off_mid_run_runs_again_with_the_next_atte
 
 
 @pytest.mark.parametrize("bounded", [True, False])
-async def test_bounded_reruns_keeps_a_slot_until_its_task_s_end_is_on_disk(tmp_path, monkeypatch, bounded):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_bounded_reruns_keeps_a_slot_until_its_task_s_end_is_on_disk(tmp_path, monkeypatch, bounded, runs):
     q = HybridQueue(1, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=bounded))
     journal = q._journal_sched.journal
     written: list[Callable[[BaseException | None], object]] = []
@@ -351,8 +348,7 @@ async def test_bounded_reruns_keeps_a_slot_until_its_task_s_end_is_on_disk(tmp_p
     assert q.stats().busy_workers == 0
 
 
-async def test_bounded_reruns_lets_a_handler_wait_for_its_own_task(tmp_path, monkeypatch):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_bounded_reruns_lets_a_handler_wait_for_its_own_task(tmp_path, monkeypatch, runs):
     monkeypatch.setattr(_durable_handlers, "QUEUE", None)
     q = HybridQueue(1, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=True))
     _durable_handlers.QUEUE = q
@@ -363,8 +359,7 @@ async def test_bounded_reruns_lets_a_handler_wait_for_its_own_task(tmp_path, mon
     assert q.stats().busy_workers == 0 and q.stats().completed == 6
 
 
-async def test_bounded_reruns_gives_a_slot_back_when_the_journal_fails(tmp_path, monkeypatch):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_bounded_reruns_gives_a_slot_back_when_the_journal_fails(tmp_path, monkeypatch, runs):
     q = HybridQueue(1, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=True))
     await q.start()
     writing, fail = threading.Event(), threading.Event()
@@ -389,8 +384,7 @@ async def test_bounded_reruns_gives_a_slot_back_when_the_journal_fails(tmp_path,
     assert q.stats().busy_workers == 0
 
 
-async def test_bounded_reruns_lets_the_next_task_of_a_key_start_in_a_free_slot(tmp_path, monkeypatch):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_bounded_reruns_lets_the_next_task_of_a_key_start_in_a_free_slot(tmp_path, monkeypatch, runs):
     q = HybridQueue(2, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=True))
     q.limit("k", concurrency=1)
     written: list[Callable[[BaseException | None], object]] = []
@@ -406,9 +400,7 @@ async def test_bounded_reruns_lets_the_next_task_of_a_key_start_in_a_free_slot(t
     assert q.stats().busy_workers == 0
 
 
-async def test_bounded_reruns_keeps_the_slot_for_a_handler_waiting_for_its_task(tmp_path, monkeypatch):
-    runs = tmp_path / "runs"
-    monkeypatch.setenv("HQ_RUNS", str(runs))
+async def test_bounded_reruns_keeps_the_slot_for_a_handler_waiting_for_its_task(tmp_path, monkeypatch, runs):
     monkeypatch.setattr(_durable_handlers, "QUEUE", None)
     q = HybridQueue(1, journal=SQLiteJournal(tmp_path / "tasks.db", bounded_reruns=True))
     _durable_handlers.QUEUE = q
@@ -426,8 +418,7 @@ def test_bounded_reruns_must_be_a_bool(tmp_path):
         SQLiteJournal(tmp_path / "tasks.db", bounded_reruns="yes")  # type: ignore[arg-type]
 
 
-async def test_a_task_whose_arguments_cannot_be_read_back_fails_alone(tmp_path, monkeypatch):
-    monkeypatch.setenv("HQ_RUNS", str(tmp_path / "runs"))
+async def test_a_task_whose_arguments_cannot_be_read_back_fails_alone(tmp_path, runs):
     path = tmp_path / "tasks.db"
     q = HybridQueue(1, journal=path)
     bad = await q.submit(record, 1)
